@@ -1,0 +1,37 @@
+# Guetteur developer entry points. `make demo` and `make test` work on a fresh Debian/Ubuntu/Pi OS.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: setup system venv demo test lint typecheck check clean
+
+setup: system venv
+
+# System packages (mosquitto, ffmpeg, GStreamer RTSP server, socat); sudo when not root.
+system:
+	@scripts/setup-system
+
+$(STAMP): pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+demo: setup
+	$(BIN)/guetteur demo --seconds 30
+
+lint: venv
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: venv
+	$(BIN)/mypy
+
+test: setup lint typecheck
+	$(BIN)/pytest -q
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -1,0 +1,72 @@
+"""What flows out of a camera source: encoded packets (to record and stream) and analytic frames."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from fractions import Fraction
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class StreamInfo:
+    """Describes one encoded video stream epoch. A new object means the codec or resolution changed
+    (recorders then start a new segment, live sessions a new init segment)."""
+
+    codec: str  # FFmpeg codec name: "h264" or "hevc"
+    width: int
+    height: int
+    time_base: Fraction  # unit of EncodedPacket.pts/dts
+    fps: float | None = None
+    extradata: bytes | None = None  # avcC/hvcC or Annex B parameter sets, when the source has them
+
+
+@dataclass(frozen=True, slots=True)
+class EncodedPacket:
+    """One encoded video access unit exactly as the camera sent it (never re-encoded)."""
+
+    camera: str
+    data: bytes
+    pts: int
+    dts: int
+    keyframe: bool
+    wallclock: float  # UTC epoch seconds at which the gateway received it
+    stream: StreamInfo
+    duration: int = 0  # in stream.time_base, 0 when unknown
+
+    @property
+    def pts_s(self) -> float:
+        return float(self.pts * self.stream.time_base)
+
+
+@dataclass(frozen=True, slots=True)
+class AnalyticFrame:
+    """A decoded frame at the analytic rate and size (BGR, uint8), for motion and detection."""
+
+    camera: str
+    image: np.ndarray = field(repr=False)
+    pts_s: float  # stream time, seconds
+    wallclock: float  # UTC epoch seconds
+    source_size: tuple[int, int] = (0, 0)  # (width, height) of the full-resolution stream
+
+
+@dataclass(frozen=True, slots=True)
+class Box:
+    """A rectangle in normalised frame coordinates (0..1 of width and height), so boxes mean the
+    same at the analytic size, the snapshot size and the camera's full resolution."""
+
+    x: float
+    y: float
+    w: float
+    h: float
+
+    @property
+    def area(self) -> float:
+        return self.w * self.h
+
+    @property
+    def centre(self) -> tuple[float, float]:
+        return (self.x + self.w / 2, self.y + self.h / 2)
+
+    def as_list(self) -> list[float]:
+        return [round(self.x, 4), round(self.y, 4), round(self.w, 4), round(self.h, 4)]
