@@ -35,7 +35,6 @@ class TlsConfig(_Model):
     ca_file: str | None = Field(None, description="CA certificate (PEM) that signed the broker's certificate; system CAs when unset")
     cert_file: str | None = Field(None, description="This gateway's client certificate (PEM) for mutual TLS")
     key_file: str | None = Field(None, description="Private key (PEM) of the client certificate")
-    server_name: str | None = Field(None, description="Name to verify in the broker's certificate when it differs from the URL host")
 
 
 class MqttConfig(_Model):

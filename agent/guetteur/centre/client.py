@@ -1,0 +1,165 @@
+"""Centre-side MQTT client: request/response commands to gateways, and subscriptions.
+
+Used by every centre tool (events, live, ptz, export, receiver). Commands follow MQTT 5
+request/response: a Response Topic private to this client and Correlation Data matching the reply.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
+
+from guetteur import protocol
+from guetteur.mqttutil import configure_tls, new_client, parse_broker_url, publish_properties
+
+log = logging.getLogger(__name__)
+
+
+class CentreError(RuntimeError):
+    """The broker or the gateway could not be reached, or did not answer in time."""
+
+
+class CentreClient:
+    def __init__(
+        self,
+        url: str,
+        client_id: str | None = None,
+        root: str = protocol.DEFAULT_ROOT,
+        ca_file: str | None = None,
+        cert_file: str | None = None,
+        key_file: str | None = None,
+        clean_start: bool = True,
+        session_expiry_s: int = 0,
+    ) -> None:
+        self.root = root
+        self.address = parse_broker_url(url)
+        self.client_id = client_id or f"centre-{uuid.uuid4().hex[:10]}"
+        self._client = new_client(self.client_id)
+        if self.address.username:
+            self._client.username_pw_set(self.address.username, self.address.password)
+        if self.address.tls or ca_file or cert_file:
+            configure_tls(self._client, ca_file, cert_file, key_file)
+        self._clean_start = clean_start
+        self._session_expiry_s = session_expiry_s
+        self._reply_topic = f"{root}/_reply/{self.client_id}"
+        self._pending: dict[bytes, tuple[threading.Event, list[dict[str, Any]]]] = {}
+        self._subs: dict[str, tuple[int, Callable[[mqtt.MQTTMessage], None]]] = {}
+        self._connected = threading.Event()
+        self._lock = threading.Lock()
+        self._client.on_connect = self._on_connect
+        self._client.on_disconnect = self._on_disconnect
+        self._client.message_callback_add(self._reply_topic, self._on_reply)
+
+    # -- lifecycle -----------------------------------------------------------------------------
+
+    def connect(self, timeout: float = 10.0) -> CentreClient:
+        from paho.mqtt.packettypes import PacketTypes
+
+        props = Properties(PacketTypes.CONNECT)
+        props.SessionExpiryInterval = self._session_expiry_s
+        try:
+            self._client.connect(self.address.host, self.address.port, keepalive=30,
+                                 clean_start=self._clean_start, properties=props)
+        except OSError as exc:
+            raise CentreError(
+                f"cannot reach broker {self.address.host}:{self.address.port}: {exc}"
+            ) from None
+        self._client.loop_start()
+        if not self._connected.wait(timeout):
+            self.close()
+            raise CentreError(f"broker {self.address.host}:{self.address.port} did not accept "
+                              f"the connection within {timeout:.0f} s")
+        return self
+
+    def close(self) -> None:
+        self._client.disconnect()
+        self._client.loop_stop()
+
+    def __enter__(self) -> CentreClient:
+        return self.connect()
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
+    @property
+    def paho(self) -> mqtt.Client:
+        """The underlying paho client (for tools that need raw publishing)."""
+        return self._client
+
+    # -- commands ------------------------------------------------------------------------------
+
+    def request(self, gateway: str, verb: str, payload: dict[str, Any],
+                timeout: float = 5.0) -> dict[str, Any]:
+        """Send ``cmd/{verb}`` to a gateway and wait for its one reply."""
+        correlation = uuid.uuid4().bytes
+        done = threading.Event()
+        box: list[dict[str, Any]] = []
+        with self._lock:
+            self._pending[correlation] = (done, box)
+        body = {"id": payload.get("id") or uuid.uuid4().hex, **payload}
+        props = publish_properties(
+            "application/json", {"client_id": self.client_id}, self._reply_topic, correlation
+        )
+        topic = f"{self.root}/{gateway}/cmd/{verb}"
+        self._client.publish(topic, protocol.dumps(body), qos=1, properties=props)
+        try:
+            if not done.wait(timeout):
+                raise CentreError(f"gateway {gateway} did not answer {verb} within {timeout:.0f} s")
+        finally:
+            with self._lock:
+                self._pending.pop(correlation, None)
+        return box[0]
+
+    def _on_reply(self, _c: mqtt.Client, _u: Any, msg: mqtt.MQTTMessage) -> None:
+        correlation = getattr(getattr(msg, "properties", None), "CorrelationData", None)
+        with self._lock:
+            waiter = self._pending.get(bytes(correlation)) if correlation else None
+        if waiter is None:
+            return
+        try:
+            waiter[1].append(protocol.loads(bytes(msg.payload)))
+        except protocol.MessageError as exc:
+            waiter[1].append(protocol.reply_error(None, "bad_reply", str(exc)))
+        waiter[0].set()
+
+    # -- subscriptions -------------------------------------------------------------------------
+
+    def subscribe(self, topic: str, callback: Callable[[mqtt.MQTTMessage], None],
+                  qos: int = 1) -> None:
+        """Subscribe (again after reconnections); ``callback`` runs on the network thread."""
+        self._subs[topic] = (qos, callback)
+        self._client.message_callback_add(topic, lambda _c, _u, m: self._safe(callback, m))
+        if self._connected.is_set():
+            self._client.subscribe(topic, qos=qos)
+
+    def unsubscribe(self, topic: str) -> None:
+        self._subs.pop(topic, None)
+        self._client.message_callback_remove(topic)
+        self._client.unsubscribe(topic)
+
+    @staticmethod
+    def _safe(callback: Callable[[mqtt.MQTTMessage], None], msg: mqtt.MQTTMessage) -> None:
+        try:
+            callback(msg)
+        except Exception:
+            log.exception("centre: handler for %s failed", msg.topic)
+
+    def _on_connect(self, client: mqtt.Client, _u: Any, _f: Any, reason: ReasonCode,
+                    _p: Properties | None) -> None:
+        if reason.is_failure:
+            log.error("centre: broker refused the connection: %s", reason)
+            return
+        client.subscribe(self._reply_topic, qos=1)
+        for topic, (qos, _cb) in self._subs.items():
+            client.subscribe(topic, qos=qos)
+        self._connected.set()
+
+    def _on_disconnect(self, *_args: Any) -> None:
+        self._connected.clear()

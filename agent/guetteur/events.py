@@ -1,0 +1,295 @@
+"""Event state machine: motion (and detections) in, start/update/end events out.
+
+Pure: frames carry their own times; nothing here touches the network or the disk. Timing runs on
+stream time (``AnalyticFrame.pts_s``), which does not jump when NTP steps the wall clock; the
+wall-clock times that go on the wire come from ``AnalyticFrame.wallclock``.
+
+- An event starts after ``start_frames`` consecutive motion frames; its start time is the first
+  of them (so onset error is not inflated by the confirmation delay).
+- When the camera requires labels (``DetectFilter.require``), a motion run becomes an event only
+  once a required label is detected during it.
+- Updates go out at most every ``update_interval_s`` and only when something changed.
+- The event ends after ``end_quiet_s`` without motion; its end is the last motion frame.
+- An event longer than ``max_duration_s`` ends and a new one starts, so clips stay bounded.
+- The best frame (highest motion score, or best detection) becomes the JPEG snapshot.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol
+
+import cv2
+import numpy as np
+
+from guetteur.config import EventsConfig
+from guetteur.media import AnalyticFrame, Box
+from guetteur.timeutil import clock_synchronised, iso_ms
+
+EventKind = Literal["start", "update", "end"]
+
+# A pts step larger than this (or backwards) is a discontinuity: a reconnect or a file loop.
+_MAX_GAP_S = 30.0
+
+
+class MotionLike(Protocol):
+    """What the tracker needs of a motion result (guetteur.motion.MotionResult)."""
+
+    @property
+    def motion(self) -> bool: ...
+
+    @property
+    def score(self) -> float: ...
+
+    @property
+    def boxes(self) -> list[Box]: ...
+
+
+class DetectionLike(Protocol):
+    """What the tracker needs of a detection (guetteur.detect.Detection)."""
+
+    @property
+    def label(self) -> str: ...
+
+    @property
+    def score(self) -> float: ...
+
+    @property
+    def box(self) -> Box: ...
+
+
+@dataclass
+class EventUpdate:
+    """One message about one event."""
+
+    kind: EventKind
+    event_id: str
+    seq: int  # 0 for start, then 1, 2...: (event_id, seq) is unique and ordered
+    camera: str
+    start_s: float  # stream time of the first motion frame
+    end_s: float | None  # stream time of the last motion frame (end only)
+    start_wall: float
+    end_wall: float | None
+    boxes: list[Box]
+    labels: dict[str, float]  # label -> best score so far
+    peak_score: float
+    clock_synced: bool
+    snapshot: bytes | None = None  # JPEG of the best frame so far, when it changed
+
+    @property
+    def message_id(self) -> str:
+        return f"{self.event_id}:{self.seq}"
+
+    def to_message(self, gateway: str) -> dict[str, Any]:
+        return {
+            "id": self.message_id,
+            "event_id": self.event_id,
+            "seq": self.seq,
+            "type": self.kind,
+            "gateway": gateway,
+            "camera": self.camera,
+            "start": iso_ms(self.start_wall),
+            "end": iso_ms(self.end_wall) if self.end_wall is not None else None,
+            "time": iso_ms(),
+            "boxes": [b.as_list() for b in self.boxes],
+            "labels": [
+                {"label": k, "score": round(v, 3)}
+                for k, v in sorted(self.labels.items(), key=lambda kv: -kv[1])
+            ],
+            "score": round(self.peak_score, 4),
+            "clock_synced": self.clock_synced,
+        }
+
+
+@dataclass
+class _Active:
+    event_id: str
+    start_s: float
+    start_wall: float
+    last_motion_s: float
+    last_motion_wall: float
+    seq: int = 0
+    peak_score: float = 0.0
+    boxes: list[Box] = field(default_factory=list)
+    labels: dict[str, float] = field(default_factory=dict)
+    best_rank: float = -1.0
+    best_image: np.ndarray | None = None
+    snapshot_dirty: bool = False
+    last_emit_s: float = 0.0
+    changed: bool = False
+
+
+def encode_jpeg(image: np.ndarray, quality: int, max_width: int) -> bytes:
+    """JPEG-encode a BGR frame, downscaled to ``max_width`` when wider."""
+    h, w = image.shape[:2]
+    if w > max_width:
+        image = cv2.resize(image, (max_width, round(h * max_width / w)), interpolation=cv2.INTER_AREA)
+    ok, buf = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, quality])
+    if not ok:
+        raise ValueError("JPEG encoding failed")
+    return buf.tobytes()
+
+
+class EventTracker:
+    """Per-camera event state machine. Call ``update`` for every analysed frame."""
+
+    def __init__(
+        self,
+        camera: str,
+        config: EventsConfig,
+        clock_synced: Callable[[], bool] = clock_synchronised,
+        require_labels: Sequence[str] = (),
+    ) -> None:
+        self.camera = camera
+        self.config = config
+        self._clock_synced = clock_synced
+        self._require = set(require_labels)
+        self._run_start: tuple[float, float] | None = None  # (pts_s, wallclock) of the motion run
+        self._run_frames = 0
+        self._run_labels: dict[str, float] = {}
+        self._last_pts: float | None = None
+        self._active: _Active | None = None
+
+    @property
+    def active_event(self) -> str | None:
+        return self._active.event_id if self._active else None
+
+    def update(
+        self,
+        frame: AnalyticFrame,
+        result: MotionLike,
+        detections: Sequence[DetectionLike] = (),
+    ) -> list[EventUpdate]:
+        out: list[EventUpdate] = []
+        t = frame.pts_s
+        if self._last_pts is not None and (t < self._last_pts or t - self._last_pts > _MAX_GAP_S):
+            out += self._discontinuity()
+        self._last_pts = t
+
+        if self._active is None:
+            self._idle(frame, result, detections, out)
+        else:
+            self._running(frame, result, detections, out)
+        return out
+
+    def flush(self) -> list[EventUpdate]:
+        """End the running event now (camera stopped, agent shutting down)."""
+        return self._discontinuity()
+
+    # -- states ------------------------------------------------------------------------------
+
+    def _idle(self, frame: AnalyticFrame, result: MotionLike,
+              detections: Sequence[DetectionLike], out: list[EventUpdate]) -> None:
+        if not result.motion:
+            self._run_start = None
+            self._run_frames = 0
+            self._run_labels = {}
+            return
+        if self._run_start is None:
+            self._run_start = (frame.pts_s, frame.wallclock)
+        self._run_frames += 1
+        for d in detections:
+            self._run_labels[d.label] = max(self._run_labels.get(d.label, 0.0), d.score)
+        if self._run_frames < self.config.start_frames:
+            return
+        if self._require and not (self._require & set(self._run_labels)):
+            return
+        start_s, start_wall = self._run_start
+        self._active = _Active(
+            event_id=str(uuid.uuid4()),
+            start_s=start_s,
+            start_wall=start_wall,
+            last_motion_s=frame.pts_s,
+            last_motion_wall=frame.wallclock,
+            labels=dict(self._run_labels),
+            last_emit_s=frame.pts_s,
+        )
+        self._observe(self._active, frame, result, detections)
+        out.append(self._emit("start"))
+
+    def _running(self, frame: AnalyticFrame, result: MotionLike,
+                 detections: Sequence[DetectionLike], out: list[EventUpdate]) -> None:
+        ev = self._active
+        assert ev is not None
+        t = frame.pts_s
+        if result.motion:
+            ev.last_motion_s = t
+            ev.last_motion_wall = frame.wallclock
+            self._observe(ev, frame, result, detections)
+        if t - ev.last_motion_s >= self.config.end_quiet_s:
+            out.append(self._end())
+            return
+        if t - ev.start_s >= self.config.max_duration_s:
+            out.append(self._end())
+            if result.motion:  # still moving: carry on as a new event
+                self._run_start = (t, frame.wallclock)
+                self._run_frames = self.config.start_frames
+                self._idle(frame, result, detections, out)
+            return
+        if ev.changed and t - ev.last_emit_s >= self.config.update_interval_s:
+            out.append(self._emit("update"))
+
+    def _discontinuity(self) -> list[EventUpdate]:
+        self._run_start = None
+        self._run_frames = 0
+        self._run_labels = {}
+        return [self._end()] if self._active else []
+
+    # -- helpers -----------------------------------------------------------------------------
+
+    def _observe(self, ev: _Active, frame: AnalyticFrame, result: MotionLike,
+                 detections: Sequence[DetectionLike]) -> None:
+        ev.changed = True
+        ev.peak_score = max(ev.peak_score, result.score)
+        ev.boxes = [d.box for d in detections] or list(result.boxes)
+        for d in detections:
+            ev.labels[d.label] = max(ev.labels.get(d.label, 0.0), d.score)
+        # Best frame: a detection beats plain motion; then the larger score.
+        rank = (1.0 + max(d.score for d in detections)) if detections else result.score
+        if rank > ev.best_rank:
+            ev.best_rank = rank
+            ev.best_image = frame.image
+            ev.snapshot_dirty = True
+
+    def _snapshot(self, ev: _Active) -> bytes | None:
+        if not ev.snapshot_dirty or ev.best_image is None:
+            return None
+        ev.snapshot_dirty = False
+        return encode_jpeg(ev.best_image, self.config.snapshot_quality, self.config.snapshot_width)
+
+    def _emit(self, kind: EventKind) -> EventUpdate:
+        ev = self._active
+        assert ev is not None
+        update = EventUpdate(
+            kind=kind,
+            event_id=ev.event_id,
+            seq=ev.seq,
+            camera=self.camera,
+            start_s=ev.start_s,
+            end_s=None,
+            start_wall=ev.start_wall,
+            end_wall=None,
+            boxes=list(ev.boxes),
+            labels=dict(ev.labels),
+            peak_score=ev.peak_score,
+            clock_synced=self._clock_synced(),
+            snapshot=self._snapshot(ev),
+        )
+        ev.seq += 1
+        ev.changed = False
+        ev.last_emit_s = ev.last_motion_s if kind == "start" else (self._last_pts or ev.start_s)
+        return update
+
+    def _end(self) -> EventUpdate:
+        ev = self._active
+        assert ev is not None
+        update = self._emit("end")
+        update.end_s = ev.last_motion_s
+        update.end_wall = ev.last_motion_wall
+        self._active = None
+        self._run_start = None
+        self._run_frames = 0
+        self._run_labels = {}
+        return update

@@ -1,0 +1,265 @@
+"""The MQTT session with the centre's broker (paho-mqtt 2, MQTT 5).
+
+Owns: connection, TLS, persistent session, reconnection with capped backoff, the Last Will that
+marks the gateway offline, the retained status messages, the command subscription (each command
+runs on a worker thread, so a slow camera never stalls the network loop) and raw publishing for
+the publisher and live sessions.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
+
+from guetteur import protocol
+from guetteur.commands import CommandDispatcher
+from guetteur.config import MqttConfig
+from guetteur.mqttutil import (
+    configure_tls,
+    new_client,
+    parse_broker_url,
+    publish_properties,
+    user_properties,
+)
+from guetteur.protocol import Topics
+from guetteur.publish import ClipFile, OutboundItem
+from guetteur.timeutil import iso_ms
+
+log = logging.getLogger(__name__)
+
+MessageCallback = Callable[[mqtt.MQTTMessage], None]
+
+
+class Link:
+    def __init__(
+        self,
+        config: MqttConfig,
+        gateway_id: str,
+        dispatcher: CommandDispatcher | None = None,
+        command_workers: int = 4,
+    ) -> None:
+        self.config = config
+        self.gateway_id = gateway_id
+        self.topics = Topics(config.root, gateway_id)
+        self.dispatcher = dispatcher
+        self._address = parse_broker_url(config.url)
+        self.client_id = config.client_id or f"guetteur-{gateway_id}"
+        self._client = new_client(self.client_id)
+        self._connected = threading.Event()
+        self._subscriptions: dict[str, tuple[int, MessageCallback]] = {}
+        self._connect_listeners: list[Callable[[], None]] = []
+        self._pool = ThreadPoolExecutor(command_workers, thread_name_prefix="command")
+        self._last_error: str | None = None
+        self._started = False
+        self._setup()
+
+    # -- set-up --------------------------------------------------------------------------------
+
+    def _setup(self) -> None:
+        c = self._client
+        username = self.config.username or self._address.username
+        password = (
+            self.config.password.get_secret_value() if self.config.password else self._address.password
+        )
+        if username:
+            c.username_pw_set(username, password)
+        if self._address.tls or self.config.tls is not None:
+            tls = self.config.tls
+            configure_tls(
+                c,
+                ca_file=tls.ca_file if tls else None,
+                cert_file=tls.cert_file if tls else None,
+                key_file=tls.key_file if tls else None,
+            )
+        c.will_set(
+            self.topics.status,
+            protocol.dumps({"state": "offline", "gateway": self.gateway_id, "reason": "link lost"}),
+            qos=1,
+            retain=True,
+        )
+        c.reconnect_delay_set(min_delay=1, max_delay=max(1, int(self.config.reconnect_max_s)))
+        c.max_queued_messages_set(0)
+        c.on_connect = self._on_connect
+        c.on_disconnect = self._on_disconnect
+        c.on_message = self._on_message
+        self.subscribe(self.topics.command_filter, self._on_command, qos=1)
+
+    def start(self) -> None:
+        """Connect in the background; reconnects forever until ``stop``."""
+        props = Properties(PacketTypes.CONNECT)
+        props.SessionExpiryInterval = self.config.session_expiry_s
+        self._client.connect_async(
+            self._address.host,
+            self._address.port,
+            keepalive=self.config.keepalive_s,
+            clean_start=False,
+            properties=props,
+        )
+        self._client.loop_start()
+        self._started = True
+        log.info(
+            "link: connecting to %s:%d as %s (tls=%s)",
+            self._address.host, self._address.port, self.client_id,
+            self._address.tls or self.config.tls is not None,
+        )
+
+    def stop(self, status: dict[str, Any] | None = None) -> None:
+        """Publish a clean offline status, disconnect and stop the network loop."""
+        if not self._started:
+            return
+        self._started = False
+        if self.connected:
+            body = {"state": "offline", "gateway": self.gateway_id, "reason": "stopped",
+                    "time": iso_ms()}
+            body.update(status or {})
+            info = self._client.publish(self.topics.status, protocol.dumps(body), qos=1, retain=True)
+            try:
+                info.wait_for_publish(2.0)
+            except (RuntimeError, ValueError):
+                pass
+        self._client.disconnect()
+        self._client.loop_stop()
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+    # -- state ---------------------------------------------------------------------------------
+
+    @property
+    def connected(self) -> bool:
+        return self._connected.is_set()
+
+    @property
+    def last_error(self) -> str | None:
+        return self._last_error
+
+    def wait_connected(self, timeout: float) -> bool:
+        return self._connected.wait(timeout)
+
+    def add_connect_listener(self, listener: Callable[[], None]) -> None:
+        """Called (on the network thread) after every successful (re)connection."""
+        self._connect_listeners.append(listener)
+
+    # -- publishing ----------------------------------------------------------------------------
+
+    def publish_raw(
+        self,
+        topic: str,
+        payload: bytes,
+        qos: int = 0,
+        retain: bool = False,
+        content_type: str | None = None,
+        user_props: dict[str, str] | None = None,
+    ) -> mqtt.MQTTMessageInfo:
+        """Publish on a full topic. QoS 0 is dropped while disconnected; QoS 1 is queued by paho."""
+        props = publish_properties(content_type, user_props)
+        return self._client.publish(topic, payload, qos=qos, retain=retain, properties=props)
+
+    def publish_json(self, topic: str, message: dict[str, Any], qos: int = 1,
+                     retain: bool = False) -> mqtt.MQTTMessageInfo:
+        return self.publish_raw(topic, protocol.dumps(message), qos=qos, retain=retain,
+                                content_type="application/json")
+
+    def publish_item(self, item: OutboundItem, qos: int = 1) -> mqtt.MQTTMessageInfo:
+        props = dict(item.user_properties)
+        props.setdefault("item_id", item.item_id)
+        return self.publish_raw(self.topics.full(item.topic), item.payload, qos=qos,
+                                content_type=item.content_type, user_props=props)
+
+    # -- subscriptions -------------------------------------------------------------------------
+
+    def subscribe(self, topic: str, callback: MessageCallback, qos: int = 1) -> None:
+        """Subscribe now (if connected) and again after every reconnection."""
+        self._subscriptions[topic] = (qos, callback)
+        self._client.message_callback_add(topic, lambda _c, _u, msg: self._safe(callback, msg))
+        if self.connected:
+            self._client.subscribe(topic, qos=qos)
+
+    @staticmethod
+    def _safe(callback: MessageCallback, msg: mqtt.MQTTMessage) -> None:
+        try:
+            callback(msg)
+        except Exception:  # a bad message must never kill the network loop
+            log.exception("link: handler for %s failed; message dropped", msg.topic)
+
+    # -- paho callbacks ------------------------------------------------------------------------
+
+    def _on_connect(self, client: mqtt.Client, _userdata: Any, _flags: Any,
+                    reason: ReasonCode, _props: Properties | None) -> None:
+        if reason.is_failure:
+            self._last_error = f"broker refused the connection: {reason}"
+            log.error("link: %s; retrying", self._last_error)
+            return
+        self._last_error = None
+        for topic, (qos, _cb) in self._subscriptions.items():
+            client.subscribe(topic, qos=qos)
+        self._connected.set()
+        log.info("link: connected to %s:%d", self._address.host, self._address.port)
+        for listener in list(self._connect_listeners):
+            try:
+                listener()
+            except Exception:
+                log.exception("link: connect listener failed")
+
+    def _on_disconnect(self, _client: mqtt.Client, _userdata: Any, _flags: Any,
+                       reason: ReasonCode, _props: Properties | None) -> None:
+        was = self._connected.is_set()
+        self._connected.clear()
+        if self._started:
+            self._last_error = f"disconnected from broker: {reason}"
+            if was:
+                log.warning("link: %s; reconnecting (up to every %.0f s)", self._last_error,
+                            self.config.reconnect_max_s)
+
+    def _on_message(self, _client: mqtt.Client, _userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        log.debug("link: unexpected message on %s", msg.topic)
+
+    # -- commands ------------------------------------------------------------------------------
+
+    def _on_command(self, msg: mqtt.MQTTMessage) -> None:
+        parts = protocol.parse_topic(self.config.root, msg.topic)
+        verb = parts.get("verb") if parts else None
+        if not verb:
+            return
+        props = getattr(msg, "properties", None)
+        response_topic = getattr(props, "ResponseTopic", None)
+        correlation = getattr(props, "CorrelationData", None)
+        self._pool.submit(self._run_command, verb, bytes(msg.payload), user_properties(msg),
+                          response_topic, correlation)
+
+    def _run_command(self, verb: str, payload: bytes, uprops: dict[str, str],
+                     response_topic: str | None, correlation: bytes | None) -> None:
+        if self.dispatcher is None:
+            reply = protocol.reply_error(None, protocol.ErrorCode.NOT_SUPPORTED,
+                                         "this gateway takes no commands")
+        else:
+            reply = self.dispatcher.handle(verb, payload, uprops)
+        topic = response_topic or self.topics.full(f"reply/{verb}")
+        props = publish_properties("application/json", None, None, correlation)
+        self._client.publish(topic, protocol.dumps(reply), qos=1, properties=props)
+        if not reply.get("ok"):
+            log.info("command %s from %s refused: %s", verb, uprops.get("client_id", "unknown"),
+                     reply["error"]["message"])
+
+
+class DirectPublisher:
+    """Publishes items straight away with QoS 1 (paho queues them in memory while offline).
+
+    The first, non-durable Publisher. The outbox (guetteur.outbox) replaces it when enabled.
+    """
+
+    def __init__(self, link: Link) -> None:
+        self._link = link
+
+    def submit(self, item: OutboundItem) -> None:
+        self._link.publish_item(item, qos=1)
+
+    def submit_clip(self, clip: ClipFile) -> None:
+        log.warning("clip %s for camera %s not uploaded: clip upload needs the outbox "
+                    "(outbox.enabled: true)", clip.clip_id, clip.camera)

@@ -1,0 +1,101 @@
+"""Shared MQTT plumbing for the agent's link and the centre tools: URL parsing, client set-up."""
+
+from __future__ import annotations
+
+import ssl
+import uuid
+from dataclasses import dataclass
+from urllib.parse import unquote, urlsplit
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+
+@dataclass(frozen=True)
+class BrokerAddress:
+    host: str
+    port: int
+    tls: bool
+    username: str | None = None
+    password: str | None = None
+
+
+def parse_broker_url(url: str) -> BrokerAddress:
+    """``mqtt://[user:pass@]host[:1883]`` or ``mqtts://host[:8883]``; raises ValueError."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("mqtt", "mqtts", "tcp", "ssl"):
+        raise ValueError(f"broker URL {url!r}: expected mqtt://HOST[:PORT] or mqtts://HOST[:PORT]")
+    if not parts.hostname:
+        raise ValueError(f"broker URL {url!r} has no host")
+    tls = parts.scheme in ("mqtts", "ssl")
+    try:
+        port = parts.port or (8883 if tls else 1883)
+    except ValueError:
+        raise ValueError(f"broker URL {url!r}: the port is not a number") from None
+    return BrokerAddress(
+        host=parts.hostname,
+        port=port,
+        tls=tls,
+        username=unquote(parts.username) if parts.username else None,
+        password=unquote(parts.password) if parts.password else None,
+    )
+
+
+def new_client(client_id: str | None = None, prefix: str = "guetteur") -> mqtt.Client:
+    """A paho-mqtt 2 client speaking MQTT 5 with the VERSION2 callback API."""
+    return mqtt.Client(
+        callback_api_version=CallbackAPIVersion.VERSION2,
+        client_id=client_id or f"{prefix}-{uuid.uuid4().hex[:12]}",
+        protocol=mqtt.MQTTv5,
+    )
+
+
+def configure_tls(
+    client: mqtt.Client,
+    ca_file: str | None = None,
+    cert_file: str | None = None,
+    key_file: str | None = None,
+) -> None:
+    """Server verification always on; client certificate for mutual TLS when given."""
+    client.tls_set(
+        ca_certs=ca_file,
+        certfile=cert_file,
+        keyfile=key_file,
+        cert_reqs=ssl.CERT_REQUIRED,
+        tls_version=ssl.PROTOCOL_TLS_CLIENT,
+    )
+    client.tls_insecure_set(False)
+
+
+def publish_properties(
+    content_type: str | None = None,
+    user_properties: dict[str, str] | None = None,
+    response_topic: str | None = None,
+    correlation: bytes | None = None,
+) -> Properties | None:
+    if not (content_type or user_properties or response_topic or correlation):
+        return None
+    props = Properties(PacketTypes.PUBLISH)
+    if content_type:
+        props.ContentType = content_type
+    if user_properties:
+        props.UserProperty = list(user_properties.items())
+    if response_topic:
+        props.ResponseTopic = response_topic
+    if correlation is not None:
+        props.CorrelationData = correlation
+    return props
+
+
+def user_properties(message: mqtt.MQTTMessage) -> dict[str, str]:
+    props = getattr(message, "properties", None)
+    pairs = getattr(props, "UserProperty", None) or []
+    return {str(k): str(v) for k, v in pairs}
+
+
+def content_type(message: mqtt.MQTTMessage) -> str | None:
+    props = getattr(message, "properties", None)
+    value = getattr(props, "ContentType", None)
+    return str(value) if value else None
