@@ -144,7 +144,9 @@ class CommandDispatcher:
         if entry is None:
             known = ", ".join(self.verbs) or "none"
             return protocol.reply_error(
-                ctx.request_id, ErrorCode.UNKNOWN_VERB, f"unknown command {ctx.verb!r}; known: {known}"
+                ctx.request_id,
+                ErrorCode.UNKNOWN_VERB,
+                f"unknown command {ctx.verb!r}; known: {known}",
             )
         try:
             model = entry.model.model_validate(data)
@@ -154,7 +156,9 @@ class CommandDispatcher:
             )
         if self._allowed is not None and ctx.client_id not in self._allowed:
             return protocol.reply_error(
-                ctx.request_id, ErrorCode.FORBIDDEN, f"client {ctx.client_id!r} may not send commands"
+                ctx.request_id,
+                ErrorCode.FORBIDDEN,
+                f"client {ctx.client_id!r} may not send commands",
             )
         with self._lock:
             bucket = self._buckets.setdefault(

@@ -125,7 +125,9 @@ def encode_jpeg(image: np.ndarray, quality: int, max_width: int) -> bytes:
     """JPEG-encode a BGR frame, downscaled to ``max_width`` when wider."""
     h, w = image.shape[:2]
     if w > max_width:
-        image = cv2.resize(image, (max_width, round(h * max_width / w)), interpolation=cv2.INTER_AREA)
+        image = cv2.resize(
+            image, (max_width, round(h * max_width / w)), interpolation=cv2.INTER_AREA
+        )
     ok, buf = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, quality])
     if not ok:
         raise ValueError("JPEG encoding failed")
@@ -180,8 +182,13 @@ class EventTracker:
 
     # -- states ------------------------------------------------------------------------------
 
-    def _idle(self, frame: AnalyticFrame, result: MotionLike,
-              detections: Sequence[DetectionLike], out: list[EventUpdate]) -> None:
+    def _idle(
+        self,
+        frame: AnalyticFrame,
+        result: MotionLike,
+        detections: Sequence[DetectionLike],
+        out: list[EventUpdate],
+    ) -> None:
         if not result.motion:
             self._run_start = None
             self._run_frames = 0
@@ -209,8 +216,13 @@ class EventTracker:
         self._observe(self._active, frame, result, detections)
         out.append(self._emit("start"))
 
-    def _running(self, frame: AnalyticFrame, result: MotionLike,
-                 detections: Sequence[DetectionLike], out: list[EventUpdate]) -> None:
+    def _running(
+        self,
+        frame: AnalyticFrame,
+        result: MotionLike,
+        detections: Sequence[DetectionLike],
+        out: list[EventUpdate],
+    ) -> None:
         ev = self._active
         assert ev is not None
         t = frame.pts_s
@@ -239,8 +251,13 @@ class EventTracker:
 
     # -- helpers -----------------------------------------------------------------------------
 
-    def _observe(self, ev: _Active, frame: AnalyticFrame, result: MotionLike,
-                 detections: Sequence[DetectionLike]) -> None:
+    def _observe(
+        self,
+        ev: _Active,
+        frame: AnalyticFrame,
+        result: MotionLike,
+        detections: Sequence[DetectionLike],
+    ) -> None:
         ev.changed = True
         ev.peak_score = max(ev.peak_score, result.score)
         ev.boxes = [d.box for d in detections] or list(result.boxes)

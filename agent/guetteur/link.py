@@ -67,7 +67,9 @@ class Link:
         c = self._client
         username = self.config.username or self._address.username
         password = (
-            self.config.password.get_secret_value() if self.config.password else self._address.password
+            self.config.password.get_secret_value()
+            if self.config.password
+            else self._address.password
         )
         if username:
             c.username_pw_set(username, password)
@@ -107,7 +109,9 @@ class Link:
         self._started = True
         log.info(
             "link: connecting to %s:%d as %s (tls=%s)",
-            self._address.host, self._address.port, self.client_id,
+            self._address.host,
+            self._address.port,
+            self.client_id,
             self._address.tls or self.config.tls is not None,
         )
 
@@ -117,10 +121,16 @@ class Link:
             return
         self._started = False
         if self.connected:
-            body = {"state": "offline", "gateway": self.gateway_id, "reason": "stopped",
-                    "time": iso_ms()}
+            body = {
+                "state": "offline",
+                "gateway": self.gateway_id,
+                "reason": "stopped",
+                "time": iso_ms(),
+            }
             body.update(status or {})
-            info = self._client.publish(self.topics.status, protocol.dumps(body), qos=1, retain=True)
+            info = self._client.publish(
+                self.topics.status, protocol.dumps(body), qos=1, retain=True
+            )
             try:
                 info.wait_for_publish(2.0)
             except (RuntimeError, ValueError):
@@ -161,16 +171,23 @@ class Link:
         props = publish_properties(content_type, user_props)
         return self._client.publish(topic, payload, qos=qos, retain=retain, properties=props)
 
-    def publish_json(self, topic: str, message: dict[str, Any], qos: int = 1,
-                     retain: bool = False) -> mqtt.MQTTMessageInfo:
-        return self.publish_raw(topic, protocol.dumps(message), qos=qos, retain=retain,
-                                content_type="application/json")
+    def publish_json(
+        self, topic: str, message: dict[str, Any], qos: int = 1, retain: bool = False
+    ) -> mqtt.MQTTMessageInfo:
+        return self.publish_raw(
+            topic, protocol.dumps(message), qos=qos, retain=retain, content_type="application/json"
+        )
 
     def publish_item(self, item: OutboundItem, qos: int = 1) -> mqtt.MQTTMessageInfo:
         props = dict(item.user_properties)
         props.setdefault("item_id", item.item_id)
-        return self.publish_raw(self.topics.full(item.topic), item.payload, qos=qos,
-                                content_type=item.content_type, user_props=props)
+        return self.publish_raw(
+            self.topics.full(item.topic),
+            item.payload,
+            qos=qos,
+            content_type=item.content_type,
+            user_props=props,
+        )
 
     # -- subscriptions -------------------------------------------------------------------------
 
@@ -190,8 +207,14 @@ class Link:
 
     # -- paho callbacks ------------------------------------------------------------------------
 
-    def _on_connect(self, client: mqtt.Client, _userdata: Any, _flags: Any,
-                    reason: ReasonCode, _props: Properties | None) -> None:
+    def _on_connect(
+        self,
+        client: mqtt.Client,
+        _userdata: Any,
+        _flags: Any,
+        reason: ReasonCode,
+        _props: Properties | None,
+    ) -> None:
         if reason.is_failure:
             self._last_error = f"broker refused the connection: {reason}"
             log.error("link: %s; retrying", self._last_error)
@@ -207,15 +230,24 @@ class Link:
             except Exception:
                 log.exception("link: connect listener failed")
 
-    def _on_disconnect(self, _client: mqtt.Client, _userdata: Any, _flags: Any,
-                       reason: ReasonCode, _props: Properties | None) -> None:
+    def _on_disconnect(
+        self,
+        _client: mqtt.Client,
+        _userdata: Any,
+        _flags: Any,
+        reason: ReasonCode,
+        _props: Properties | None,
+    ) -> None:
         was = self._connected.is_set()
         self._connected.clear()
         if self._started:
             self._last_error = f"disconnected from broker: {reason}"
             if was:
-                log.warning("link: %s; reconnecting (up to every %.0f s)", self._last_error,
-                            self.config.reconnect_max_s)
+                log.warning(
+                    "link: %s; reconnecting (up to every %.0f s)",
+                    self._last_error,
+                    self.config.reconnect_max_s,
+                )
 
     def _on_message(self, _client: mqtt.Client, _userdata: Any, msg: mqtt.MQTTMessage) -> None:
         log.debug("link: unexpected message on %s", msg.topic)
@@ -230,22 +262,39 @@ class Link:
         props = getattr(msg, "properties", None)
         response_topic = getattr(props, "ResponseTopic", None)
         correlation = getattr(props, "CorrelationData", None)
-        self._pool.submit(self._run_command, verb, bytes(msg.payload), user_properties(msg),
-                          response_topic, correlation)
+        self._pool.submit(
+            self._run_command,
+            verb,
+            bytes(msg.payload),
+            user_properties(msg),
+            response_topic,
+            correlation,
+        )
 
-    def _run_command(self, verb: str, payload: bytes, uprops: dict[str, str],
-                     response_topic: str | None, correlation: bytes | None) -> None:
+    def _run_command(
+        self,
+        verb: str,
+        payload: bytes,
+        uprops: dict[str, str],
+        response_topic: str | None,
+        correlation: bytes | None,
+    ) -> None:
         if self.dispatcher is None:
-            reply = protocol.reply_error(None, protocol.ErrorCode.NOT_SUPPORTED,
-                                         "this gateway takes no commands")
+            reply = protocol.reply_error(
+                None, protocol.ErrorCode.NOT_SUPPORTED, "this gateway takes no commands"
+            )
         else:
             reply = self.dispatcher.handle(verb, payload, uprops)
         topic = response_topic or self.topics.full(f"reply/{verb}")
         props = publish_properties("application/json", None, None, correlation)
         self._client.publish(topic, protocol.dumps(reply), qos=1, properties=props)
         if not reply.get("ok"):
-            log.info("command %s from %s refused: %s", verb, uprops.get("client_id", "unknown"),
-                     reply["error"]["message"])
+            log.info(
+                "command %s from %s refused: %s",
+                verb,
+                uprops.get("client_id", "unknown"),
+                reply["error"]["message"],
+            )
 
 
 class DirectPublisher:
@@ -261,5 +310,9 @@ class DirectPublisher:
         self._link.publish_item(item, qos=1)
 
     def submit_clip(self, clip: ClipFile) -> None:
-        log.warning("clip %s for camera %s not uploaded: clip upload needs the outbox "
-                    "(outbox.enabled: true)", clip.clip_id, clip.camera)
+        log.warning(
+            "clip %s for camera %s not uploaded: clip upload needs the outbox "
+            "(outbox.enabled: true)",
+            clip.clip_id,
+            clip.camera,
+        )

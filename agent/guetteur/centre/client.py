@@ -65,8 +65,13 @@ class CentreClient:
         props = Properties(PacketTypes.CONNECT)
         props.SessionExpiryInterval = self._session_expiry_s
         try:
-            self._client.connect(self.address.host, self.address.port, keepalive=30,
-                                 clean_start=self._clean_start, properties=props)
+            self._client.connect(
+                self.address.host,
+                self.address.port,
+                keepalive=30,
+                clean_start=self._clean_start,
+                properties=props,
+            )
         except OSError as exc:
             raise CentreError(
                 f"cannot reach broker {self.address.host}:{self.address.port}: {exc}"
@@ -74,8 +79,10 @@ class CentreClient:
         self._client.loop_start()
         if not self._connected.wait(timeout):
             self.close()
-            raise CentreError(f"broker {self.address.host}:{self.address.port} did not accept "
-                              f"the connection within {timeout:.0f} s")
+            raise CentreError(
+                f"broker {self.address.host}:{self.address.port} did not accept "
+                f"the connection within {timeout:.0f} s"
+            )
         return self
 
     def close(self) -> None:
@@ -95,8 +102,9 @@ class CentreClient:
 
     # -- commands ------------------------------------------------------------------------------
 
-    def request(self, gateway: str, verb: str, payload: dict[str, Any],
-                timeout: float = 5.0) -> dict[str, Any]:
+    def request(
+        self, gateway: str, verb: str, payload: dict[str, Any], timeout: float = 5.0
+    ) -> dict[str, Any]:
         """Send ``cmd/{verb}`` to a gateway and wait for its one reply."""
         correlation = uuid.uuid4().bytes
         done = threading.Event()
@@ -131,8 +139,9 @@ class CentreClient:
 
     # -- subscriptions -------------------------------------------------------------------------
 
-    def subscribe(self, topic: str, callback: Callable[[mqtt.MQTTMessage], None],
-                  qos: int = 1) -> None:
+    def subscribe(
+        self, topic: str, callback: Callable[[mqtt.MQTTMessage], None], qos: int = 1
+    ) -> None:
         """Subscribe (again after reconnections); ``callback`` runs on the network thread."""
         self._subs[topic] = (qos, callback)
         self._client.message_callback_add(topic, lambda _c, _u, m: self._safe(callback, m))
@@ -151,8 +160,9 @@ class CentreClient:
         except Exception:
             log.exception("centre: handler for %s failed", msg.topic)
 
-    def _on_connect(self, client: mqtt.Client, _u: Any, _f: Any, reason: ReasonCode,
-                    _p: Properties | None) -> None:
+    def _on_connect(
+        self, client: mqtt.Client, _u: Any, _f: Any, reason: ReasonCode, _p: Properties | None
+    ) -> None:
         if reason.is_failure:
             log.error("centre: broker refused the connection: %s", reason)
             return

@@ -1,0 +1,5 @@
+import sys
+
+from guetteur.cli import main
+
+sys.exit(main())

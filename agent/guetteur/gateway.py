@@ -1,0 +1,401 @@
+"""The runtime: builds every part from the config and wires the data flow, one way.
+
+    source ──packets──► recorder, live hub
+       └──frames──► analysis thread: privacy mask → motion → (detector) → events ──► publisher
+    commands ◄── link ──► live | ptz | export | snapshot
+
+One thread per camera source (I/O bound in PyAV, which releases the GIL), one analysis thread per
+camera fed through a two-frame queue: when analysis falls behind, the oldest frame is dropped and
+counted, so analysis never slows ingest or recording down.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import shutil
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict
+
+from guetteur import __version__, protocol
+from guetteur.audit import AuditTrail
+from guetteur.commands import CommandContext, CommandDispatcher, CommandError
+from guetteur.config import CameraConfig, GuetteurConfig
+from guetteur.events import EventTracker, EventUpdate, encode_jpeg
+from guetteur.link import DirectPublisher, Link
+from guetteur.masks import PolygonMask
+from guetteur.media import AnalyticFrame, EncodedPacket
+from guetteur.motion import MotionDetector
+from guetteur.publish import OutboundItem, Priority, Publisher
+from guetteur.sources import open_source
+from guetteur.sources.base import CameraStatus, Source
+from guetteur.timeutil import clock_synchronised, iso_ms
+
+log = logging.getLogger(__name__)
+
+PacketConsumer = Callable[[EncodedPacket], None]
+
+
+class CameraWorker:
+    """One camera: its source thread, its analysis thread and its status."""
+
+    def __init__(self, gateway: Gateway, camera: CameraConfig, source: Source) -> None:
+        self.gateway = gateway
+        self.camera = camera
+        self.source = source
+        self.packet_consumers: list[PacketConsumer] = []
+        self.status = CameraStatus(camera=camera.id, since=time.time())
+        self.privacy = PolygonMask(camera.privacy_masks)
+        self.motion = MotionDetector(camera.motion, camera.ignore_masks, camera.privacy_masks)
+        require = camera.detect.require if camera.detect else ()
+        self.tracker = EventTracker(camera.id, gateway.config.events, require_labels=require)
+        self.frames: queue.Queue[AnalyticFrame | None] = queue.Queue(maxsize=2)
+        self.frames_dropped = 0
+        self.frames_analysed = 0
+        self.last_packet = time.monotonic()
+        self.last_frame: AnalyticFrame | None = None  # privacy-masked, for snapshots on demand
+        self._stop = threading.Event()
+        self._source_thread: threading.Thread | None = None
+        self._analysis_thread: threading.Thread | None = None
+
+    # -- SourceSink ---------------------------------------------------------------------------
+
+    def on_packet(self, packet: EncodedPacket) -> None:
+        self.last_packet = time.monotonic()
+        for consumer in self.packet_consumers:
+            try:
+                consumer(packet)
+            except Exception:
+                log.exception(
+                    "camera %s: a packet consumer failed; packet skipped for it", self.camera.id
+                )
+
+    def on_frame(self, frame: AnalyticFrame) -> None:
+        try:
+            self.frames.put_nowait(frame)
+        except queue.Full:
+            try:
+                self.frames.get_nowait()
+                self.frames_dropped += 1
+            except queue.Empty:
+                pass
+            try:
+                self.frames.put_nowait(frame)
+            except queue.Full:
+                self.frames_dropped += 1
+
+    def on_status(self, status: CameraStatus) -> None:
+        changed = (status.state, status.last_error) != (self.status.state, self.status.last_error)
+        self.status = status
+        if changed:
+            if status.state == "streaming":
+                log.info(
+                    "camera %s: streaming %sx%s %s",
+                    self.camera.id,
+                    status.width,
+                    status.height,
+                    status.codec,
+                )
+            elif status.last_error:
+                log.warning("camera %s: %s: %s", self.camera.id, status.state, status.last_error)
+            self.gateway.publish_camera_status(self)
+
+    # -- threads -----------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._stop.clear()
+        self._source_thread = threading.Thread(
+            target=self._run_source, name=f"source-{self.camera.id}", daemon=True
+        )
+        self._analysis_thread = threading.Thread(
+            target=self._run_analysis, name=f"analysis-{self.camera.id}", daemon=True
+        )
+        self._source_thread.start()
+        self._analysis_thread.start()
+
+    def request_stop(self) -> None:
+        self._stop.set()
+        try:
+            self.frames.put_nowait(None)
+        except queue.Full:
+            pass
+
+    def stop(self, timeout: float = 3.0) -> None:
+        self.request_stop()
+        deadline = time.monotonic() + timeout
+        for t in (self._source_thread, self._analysis_thread):
+            if t is not None:
+                t.join(max(0.0, deadline - time.monotonic()))
+        for update in self.tracker.flush():
+            self.gateway.publish_event(update)
+
+    def alive(self) -> bool:
+        """Threads running and packets flowing (a stalled camera is not alive)."""
+        threads_ok = all(
+            t is not None and t.is_alive() for t in (self._source_thread, self._analysis_thread)
+        )
+        fresh = time.monotonic() - self.last_packet < self.camera.stall_timeout_s
+        return threads_ok and fresh
+
+    def _run_source(self) -> None:
+        try:
+            self.source.run(self, self._stop)
+        except Exception as exc:  # a source must not raise; if one does, say so and let the
+            log.exception("camera %s: source crashed", self.camera.id)  # supervisor restart it
+            self.on_status(
+                CameraStatus(
+                    camera=self.camera.id,
+                    state="failed",
+                    last_error=f"source crashed: {exc}",
+                    since=time.time(),
+                )
+            )
+
+    def _run_analysis(self) -> None:
+        while not self._stop.is_set():
+            frame = self.frames.get()
+            if frame is None:
+                break
+            try:
+                self.analyse(frame)
+            except Exception:
+                log.exception("camera %s: analysis failed on a frame; skipped", self.camera.id)
+
+    def analyse(self, frame: AnalyticFrame) -> list[EventUpdate]:
+        if self.privacy:
+            frame = AnalyticFrame(
+                frame.camera,
+                self.privacy.blackout(frame.image),
+                frame.pts_s,
+                frame.wallclock,
+                frame.source_size,
+            )
+        self.last_frame = frame
+        self.frames_analysed += 1
+        result = self.motion.process(frame.image)
+        updates = self.tracker.update(frame, result)
+        for update in updates:
+            self.gateway.publish_event(update)
+        return updates
+
+    def status_message(self) -> dict[str, Any]:
+        s = self.status
+        return {
+            "camera": s.camera,
+            "connected": s.connected,
+            "state": s.state,
+            "fps": s.fps,
+            "resolution": f"{s.width}x{s.height}" if s.width and s.height else None,
+            "codec": s.codec,
+            "last_error": s.last_error,
+            "since": iso_ms(s.since) if s.since else None,
+            "frames_analysed": self.frames_analysed,
+            "frames_dropped": self.frames_dropped,
+            "time": iso_ms(),
+            **{k: v for k, v in s.extra.items() if isinstance(v, str | int | float | bool)},
+        }
+
+
+class Gateway:
+    def __init__(self, config: GuetteurConfig) -> None:
+        self.config = config
+        self.started_at = time.time()
+        self.data_dir = Path(config.data_dir)
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.link = Link(config.mqtt, config.gateway_id)
+        self.publisher: Publisher = DirectPublisher(self.link)
+        self.audit = AuditTrail(self.publisher, config.gateway_id)
+        self.dispatcher = CommandDispatcher(self.audit)
+        self.link.dispatcher = self.dispatcher
+        self.workers: dict[str, CameraWorker] = {}
+        for cam in config.cameras:
+            if cam.enabled:
+                self.workers[cam.id] = CameraWorker(self, cam, open_source(cam))
+        self.dispatcher.register("snapshot", SnapshotRequest, self._cmd_snapshot)
+        self.dispatcher.register("status", StatusRequest, self._cmd_status, audited=False)
+        self.link.add_connect_listener(self._on_link_up)
+        self._stop = threading.Event()
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def start(self) -> None:
+        log.info(
+            "gateway %s: starting %d camera(s), version %s",
+            self.config.gateway_id,
+            len(self.workers),
+            __version__,
+        )
+        self.link.start()
+        for worker in self.workers.values():
+            worker.start()
+
+    def stop(self, timeout: float = 3.0) -> None:
+        """Stop every camera (together, within ``timeout``), then say goodbye on the link."""
+        self._stop.set()
+        for worker in self.workers.values():
+            worker.request_stop()
+        deadline = time.monotonic() + timeout
+        for worker in self.workers.values():
+            worker.stop(max(0.1, deadline - time.monotonic()))
+        self.link.stop(self.status_message(state="offline"))
+        log.info("gateway %s: stopped", self.config.gateway_id)
+
+    def run(self, stop: threading.Event, status_every_s: float = 60.0) -> None:
+        """The supervisor loop: restarts dead workers, publishes status, until ``stop``."""
+        next_status = time.monotonic() + status_every_s
+        while not stop.wait(1.0):
+            for worker in self.workers.values():
+                for t in (worker._source_thread, worker._analysis_thread):
+                    if t is not None and not t.is_alive() and not worker._stop.is_set():
+                        log.error(
+                            "camera %s: worker thread %s died; restarting the camera",
+                            worker.camera.id,
+                            t.name,
+                        )
+                        worker.stop(0.5)
+                        worker.start()
+                        break
+            if time.monotonic() >= next_status:
+                next_status = time.monotonic() + status_every_s
+                self.publish_status()
+                for worker in self.workers.values():
+                    self.publish_camera_status(worker)
+
+    # -- publishing --------------------------------------------------------------------------
+
+    def publish_event(self, update: EventUpdate) -> None:
+        message = update.to_message(self.config.gateway_id)
+        self.publisher.submit(
+            OutboundItem(
+                item_id=update.message_id,
+                kind="event",
+                topic=protocol.rel_event(update.camera),
+                payload=protocol.dumps(message),
+                priority=Priority.EVENT,
+                camera=update.camera,
+            )
+        )
+        log.info(
+            "camera %s: event %s %s score %.3f",
+            update.camera,
+            update.kind,
+            update.event_id,
+            update.peak_score,
+        )
+        if update.snapshot is not None:
+            snap_id = f"{update.message_id}:snap"
+            self.publisher.submit(
+                OutboundItem(
+                    item_id=snap_id,
+                    kind="snapshot",
+                    topic=protocol.rel_snapshot(update.camera),
+                    payload=update.snapshot,
+                    priority=Priority.SNAPSHOT,
+                    camera=update.camera,
+                    content_type="image/jpeg",
+                    user_properties={
+                        "event_id": update.event_id,
+                        "item_id": snap_id,
+                        "time": iso_ms(update.start_wall),
+                    },
+                )
+            )
+
+    def status_message(self, state: str = "online") -> dict[str, Any]:
+        disk = shutil.disk_usage(self.data_dir)
+        return {
+            "state": state,
+            "gateway": self.config.gateway_id,
+            "site": self.config.site,
+            "version": __version__,
+            "time": iso_ms(),
+            "uptime_s": round(time.time() - self.started_at, 1),
+            "clock_synced": clock_synchronised(),
+            "cameras": {cid: w.status.state for cid, w in self.workers.items()},
+            "disk": {"free_bytes": disk.free, "total_bytes": disk.total},
+            "warnings": self.warnings(),
+        }
+
+    def warnings(self) -> list[str]:
+        return []
+
+    def publish_status(self) -> None:
+        self.link.publish_json(self.link.topics.status, self.status_message(), qos=1, retain=True)
+
+    def publish_camera_status(self, worker: CameraWorker) -> None:
+        self.link.publish_json(
+            self.link.topics.camera_status(worker.camera.id),
+            worker.status_message(),
+            qos=1,
+            retain=True,
+        )
+
+    def _on_link_up(self) -> None:
+        self.publish_status()
+        for worker in self.workers.values():
+            self.publish_camera_status(worker)
+
+    # -- commands ----------------------------------------------------------------------------
+
+    def _worker(self, camera: str) -> CameraWorker:
+        worker = self.workers.get(camera)
+        if worker is None:
+            raise CommandError(
+                protocol.ErrorCode.UNKNOWN_CAMERA,
+                f"no camera {camera!r} on gateway {self.config.gateway_id}; "
+                f"cameras: {', '.join(self.workers) or 'none'}",
+            )
+        return worker
+
+    def _cmd_snapshot(self, ctx: CommandContext, req: SnapshotRequest) -> dict[str, Any]:
+        worker = self._worker(req.camera)
+        frame = worker.last_frame
+        if frame is None or not worker.alive():
+            raise CommandError(
+                protocol.ErrorCode.CAMERA_DOWN,
+                f"camera {req.camera} has no recent frame ({worker.status.state}: "
+                f"{worker.status.last_error or 'no error reported'})",
+            )
+        jpeg = encode_jpeg(
+            frame.image, self.config.events.snapshot_quality, self.config.events.snapshot_width
+        )
+        snap_id = f"snap-{os.urandom(8).hex()}"
+        self.publisher.submit(
+            OutboundItem(
+                item_id=snap_id,
+                kind="snapshot",
+                topic=protocol.rel_snapshot(req.camera),
+                payload=jpeg,
+                priority=Priority.SNAPSHOT,
+                camera=req.camera,
+                content_type="image/jpeg",
+                user_properties={
+                    "item_id": snap_id,
+                    "request_id": ctx.request_id or "",
+                    "time": iso_ms(frame.wallclock),
+                },
+            )
+        )
+        return {"snapshot_id": snap_id, "time": iso_ms(frame.wallclock), "bytes": len(jpeg)}
+
+    def _cmd_status(self, _ctx: CommandContext, _req: StatusRequest) -> dict[str, Any]:
+        return {
+            "gateway": self.status_message(),
+            "cameras": [w.status_message() for w in self.workers.values()],
+        }
+
+
+class SnapshotRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    camera: str
+    operator: str | None = None
+
+
+class StatusRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")

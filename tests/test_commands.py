@@ -1,0 +1,110 @@
+"""Command dispatch: one reply per command, codes and sentences for bad input."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from guetteur import protocol
+from guetteur.audit import AuditTrail
+from guetteur.commands import CommandContext, CommandDispatcher, CommandError
+from guetteur.publish import ClipFile, OutboundItem
+
+
+class Collect:
+    """A real Publisher that keeps what it is given (the pipeline's contract, no network)."""
+
+    def __init__(self) -> None:
+        self.items: list[OutboundItem] = []
+
+    def submit(self, item: OutboundItem) -> None:
+        self.items.append(item)
+
+    def submit_clip(self, clip: ClipFile) -> None:
+        raise AssertionError("no clips here")
+
+
+class Move(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    camera: str
+    speed: float = Field(0.5, ge=0, le=1)
+    operator: str | None = None
+
+
+def handler(ctx: CommandContext, req: Move) -> dict[str, Any]:
+    if req.camera == "broken":
+        raise CommandError(protocol.ErrorCode.DEVICE_ERROR, "camera broken did not answer")
+    if req.camera == "bug":
+        raise RuntimeError("boom")
+    return {"camera": req.camera, "speed": req.speed, "by": ctx.client_id}
+
+
+def make() -> tuple[CommandDispatcher, Collect]:
+    sink = Collect()
+    d = CommandDispatcher(AuditTrail(sink, "gw1"), rate_per_s=1.0, burst=3)
+    d.register("move", Move, handler)
+    return d, sink
+
+
+def test_ok_reply_and_audit() -> None:
+    d, sink = make()
+    reply = d.handle(
+        "move", b'{"v":1,"id":"r1","camera":"c1","operator":"alice"}', {"client_id": "centre-7"}
+    )
+    assert reply == {"ok": True, "id": "r1", "camera": "c1", "speed": 0.5, "by": "centre-7"}
+    assert len(sink.items) == 1
+    record = protocol.loads(sink.items[0].payload)
+    assert record["action"] == "cmd.move" and record["operator"] == "alice"
+    assert record["outcome"] == "ok" and record["client_id"] == "centre-7"
+
+
+def test_bad_inputs_get_codes_and_sentences() -> None:
+    d, sink = make()
+    cases = {
+        b"not json": "bad_request",
+        b"[1,2]": "bad_request",
+        b'{"v":2,"camera":"c"}': "bad_request",
+        b'{"speed":7,"extra":1}': "bad_request",
+    }
+    for payload, code in cases.items():
+        reply = d.handle("move", payload)
+        assert reply["ok"] is False and reply["error"]["code"] == code, payload
+        assert len(reply["error"]["message"]) > 10
+    reply = d.handle("move", b'{"speed":7,"extra":1}')
+    message = reply["error"]["message"]
+    assert "camera: Field required" in message and "speed:" in message
+    assert "extra: unknown field" in message
+    reply = d.handle("fly", b"{}")
+    assert reply["error"]["code"] == "unknown_verb" and "move" in reply["error"]["message"]
+
+
+def test_handler_errors_become_replies() -> None:
+    d, _ = make()
+    reply = d.handle("move", b'{"camera":"broken"}')
+    assert reply["error"] == {"code": "device_error", "message": "camera broken did not answer"}
+    reply = d.handle("move", b'{"camera":"bug"}')
+    assert reply["error"]["code"] == "internal_error" and "boom" in reply["error"]["message"]
+
+
+def test_rate_limit_per_client() -> None:
+    d, _ = make()
+    replies = [d.handle("move", b'{"camera":"c"}', {"client_id": "a"}) for _ in range(5)]
+    assert [r["ok"] for r in replies[:3]] == [True, True, True]
+    assert replies[4]["error"]["code"] == "rate_limited"
+    # another client has its own budget
+    assert d.handle("move", b'{"camera":"c"}', {"client_id": "b"})["ok"] is True
+
+
+def test_topics_round_trip() -> None:
+    t = protocol.Topics("guetteur/v1", "gw1")
+    assert t.live("cam1", "s1") == "guetteur/v1/gw1/cam/cam1/live/s1"
+    assert protocol.parse_topic("guetteur/v1", t.live("cam1", "s1")) == {
+        "gateway": "gw1",
+        "camera": "cam1",
+        "kind": "live",
+        "session": "s1",
+    }
+    assert protocol.parse_topic("guetteur/v1", t.command("ptz"))["verb"] == "ptz"
+    assert protocol.parse_topic("other", t.status) is None
+    assert protocol.valid_id("cam-1_a") and not protocol.valid_id("../etc")
