@@ -23,6 +23,7 @@ log = logging.getLogger("guetteur")
 # name -> (module, one-line help). Each module has add_arguments(parser) and run(args).
 EXTERNAL_COMMANDS: dict[str, tuple[str, str]] = {
     "doctor": ("guetteur.doctor", "check this gateway: config, cameras, broker, clock, disk"),
+    "detect": ("guetteur.detect", "run the object detector on an image or video file"),
     "discover": ("guetteur.discover", "find ONVIF cameras on the LAN (WS-Discovery)"),
     "export": ("guetteur.exportcli", "export a recorded time range of a camera to MP4"),
     "provision": ("guetteur.provision", "first-boot provisioning from the boot partition"),

@@ -27,6 +27,13 @@ from guetteur import __version__, protocol
 from guetteur.audit import AuditTrail
 from guetteur.commands import CommandContext, CommandDispatcher, CommandError
 from guetteur.config import CameraConfig, GuetteurConfig
+from guetteur.detect import (
+    Detection,
+    DetectorError,
+    DetectorWorker,
+    filter_detections,
+    load_detector,
+)
 from guetteur.events import EventTracker, EventUpdate, encode_jpeg
 from guetteur.link import DirectPublisher, Link
 from guetteur.masks import PolygonMask
@@ -40,6 +47,9 @@ from guetteur.timeutil import clock_synchronised, iso_ms
 log = logging.getLogger(__name__)
 
 PacketConsumer = Callable[[EncodedPacket], None]
+
+# Detections older than this (stream seconds) no longer describe what moves now.
+DETECTION_FRESH_S = 1.0
 
 
 class CameraWorker:
@@ -60,6 +70,10 @@ class CameraWorker:
         self.frames_analysed = 0
         self.last_packet = time.monotonic()
         self.last_frame: AnalyticFrame | None = None  # privacy-masked, for snapshots on demand
+        # Detections arrive from the detector thread; the next frames' event update uses them
+        # while they are recent (stream time), so the detector never holds analysis up.
+        self._detections: tuple[float, list[Detection]] = (float("-inf"), [])
+        self._detections_lock = threading.Lock()
         self._stop = threading.Event()
         self._source_thread: threading.Thread | None = None
         self._analysis_thread: threading.Thread | None = None
@@ -93,17 +107,7 @@ class CameraWorker:
     def on_status(self, status: CameraStatus) -> None:
         changed = (status.state, status.last_error) != (self.status.state, self.status.last_error)
         self.status = status
-        if changed:
-            if status.state == "streaming":
-                log.info(
-                    "camera %s: streaming %sx%s %s",
-                    self.camera.id,
-                    status.width,
-                    status.height,
-                    status.codec,
-                )
-            elif status.last_error:
-                log.warning("camera %s: %s: %s", self.camera.id, status.state, status.last_error)
+        if changed:  # the source has logged the change; the centre hears of it here
             self.gateway.publish_camera_status(self)
 
     # -- threads -----------------------------------------------------------------------------
@@ -179,10 +183,25 @@ class CameraWorker:
         self.last_frame = frame
         self.frames_analysed += 1
         result = self.motion.process(frame.image)
-        updates = self.tracker.update(frame, result)
+        detector = self.gateway.detector_worker
+        detections: list[Detection] = []
+        if detector is not None and self.camera.detect is not None:
+            if result.motion:
+                detector.submit(self.camera.id, frame, result.boxes, self._on_detections)
+            with self._detections_lock:
+                seen_at, recent = self._detections
+            if frame.pts_s - seen_at <= DETECTION_FRESH_S:
+                detections = recent
+        updates = self.tracker.update(frame, result, detections)
         for update in updates:
             self.gateway.publish_event(update)
         return updates
+
+    def _on_detections(self, frame: AnalyticFrame, found: list[Detection]) -> None:
+        assert self.camera.detect is not None
+        kept = filter_detections(found, self.camera.detect)
+        with self._detections_lock:
+            self._detections = (frame.pts_s, kept)
 
     def status_message(self) -> dict[str, Any]:
         s = self.status
@@ -197,6 +216,11 @@ class CameraWorker:
             "since": iso_ms(s.since) if s.since else None,
             "frames_analysed": self.frames_analysed,
             "frames_dropped": self.frames_dropped,
+            "detector_skipped": (
+                self.gateway.detector_worker.skipped(self.camera.id)
+                if self.gateway.detector_worker is not None
+                else None
+            ),
             "time": iso_ms(),
             **{k: v for k, v in s.extra.items() if isinstance(v, str | int | float | bool)},
         }
@@ -213,6 +237,16 @@ class Gateway:
         self.audit = AuditTrail(self.publisher, config.gateway_id)
         self.dispatcher = CommandDispatcher(self.audit)
         self.link.dispatcher = self.dispatcher
+        self._warnings: list[str] = []
+        self.detector_worker: DetectorWorker | None = None
+        try:
+            detector = load_detector(config.detection)
+        except DetectorError as exc:
+            detector = None
+            self._warnings.append(f"detector not loaded, cameras run motion-only: {exc.message}")
+            log.error("detection: %s; cameras run motion-only", exc.message)
+        if detector is not None:
+            self.detector_worker = DetectorWorker(detector, config.detection.max_queue)
         self.workers: dict[str, CameraWorker] = {}
         for cam in config.cameras:
             if cam.enabled:
@@ -243,6 +277,8 @@ class Gateway:
         deadline = time.monotonic() + timeout
         for worker in self.workers.values():
             worker.stop(max(0.1, deadline - time.monotonic()))
+        if self.detector_worker is not None:
+            self.detector_worker.close(1.0)
         self.link.stop(self.status_message(state="offline"))
         log.info("gateway %s: stopped", self.config.gateway_id)
 
@@ -323,7 +359,7 @@ class Gateway:
         }
 
     def warnings(self) -> list[str]:
-        return []
+        return list(self._warnings)
 
     def publish_status(self) -> None:
         self.link.publish_json(self.link.topics.status, self.status_message(), qos=1, retain=True)
