@@ -132,6 +132,30 @@ class MotionConfig(_Model):
         le=10000,
         description="Pixels changed this many analysed frames in a row join the background (stopped objects, ghosts); 0 never",
     )
+    exposure_jump: float = Field(
+        0.3,
+        gt=0,
+        le=10,
+        description="Exposure gain change within one frame (0.3 = 30 %) treated as a global change: the background is re-seeded",
+    )
+    min_threshold: int = Field(
+        8,
+        ge=1,
+        le=255,
+        description="Lowest per-pixel threshold: in dark scenes the threshold scales down with the scene's brightness to this floor",
+    )
+    scene_change_similarity: float = Field(
+        0.5,
+        ge=0,
+        lt=1,
+        description="Correlation of the coarse frame with the background below which the view changed (camera moved, PTZ, shot change): a global change; 0 disables",
+    )
+    illumination_similarity: float = Field(
+        0.7,
+        ge=0,
+        le=1,
+        description="A blob whose fine texture still correlates with the background's above this is a change of light (headlights, shadows), not an object; 0 disables",
+    )
 
 
 class DetectFilter(_Model):
@@ -364,6 +388,18 @@ class LiveConfig(_Model):
     max_bytes_per_s: int | None = Field(
         None, ge=1, description="Bandwidth cap of all live sessions together, bytes per second"
     )
+    camera_down_after_s: float = Field(
+        3.0,
+        gt=0,
+        le=60,
+        description="A camera stream silent for this long is down: live.start gets camera_down",
+    )
+    max_gop_bytes: int = Field(
+        32 << 20,
+        ge=1 << 20,
+        description="Largest GOP cached per camera stream for instant start; a longer one is "
+        "dropped until the next keyframe",
+    )
 
 
 class OutboxConfig(_Model):
@@ -387,9 +423,12 @@ class OutboxConfig(_Model):
 
 class DetectionConfig(_Model):
     model: str | None = Field(
-        None, description="Path to a TFLite detection model; none runs motion only"
+        None,
+        description="Path to a TFLite detection model (overrides the manifest's file); with no model and no manifest, cameras run motion only",
     )
-    labels: str | None = Field(None, description="Labels file of the model (one per line)")
+    labels: str | None = Field(
+        None, description="Labels file of the model, one per line (overrides the manifest's labels)"
+    )
     manifest: str | None = Field(
         None,
         description="Model manifest (models/*.yaml) giving input shape, normalisation, labels and sha256",
