@@ -78,6 +78,7 @@ class PrivateBroker:
             "log_type warning",
             "max_inflight_messages 0",
             "max_queued_messages 100000",
+            "set_tcp_nodelay true",
         ]
         if listen:
             lines[:0] = [f"listener {self.port} 127.0.0.1", "allow_anonymous true"]

@@ -39,6 +39,7 @@ from guetteur.link import DirectPublisher, Link
 from guetteur.masks import PolygonMask
 from guetteur.media import AnalyticFrame, EncodedPacket
 from guetteur.motion import MotionDetector
+from guetteur.ptz.service import PtzService
 from guetteur.publish import OutboundItem, Priority, Publisher
 from guetteur.sources import open_source
 from guetteur.sources.base import CameraStatus, Source
@@ -251,10 +252,15 @@ class Gateway:
         for cam in config.cameras:
             if cam.enabled:
                 self.workers[cam.id] = CameraWorker(self, cam, open_source(cam))
+        self.ptz = PtzService(self.workers_config(), self.audit)
+        self.ptz.register(self.dispatcher)
         self.dispatcher.register("snapshot", SnapshotRequest, self._cmd_snapshot)
         self.dispatcher.register("status", StatusRequest, self._cmd_status, audited=False)
         self.link.add_connect_listener(self._on_link_up)
         self._stop = threading.Event()
+
+    def workers_config(self) -> list[CameraConfig]:
+        return [w.camera for w in self.workers.values()]
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -266,6 +272,7 @@ class Gateway:
             __version__,
         )
         self.link.start()
+        self.ptz.start()
         for worker in self.workers.values():
             worker.start()
 
@@ -279,6 +286,7 @@ class Gateway:
             worker.stop(max(0.1, deadline - time.monotonic()))
         if self.detector_worker is not None:
             self.detector_worker.close(1.0)
+        self.ptz.close()  # stops any camera still moving
         self.link.stop(self.status_message(state="offline"))
         log.info("gateway %s: stopped", self.config.gateway_id)
 
