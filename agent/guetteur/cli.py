@@ -38,19 +38,10 @@ CENTRE_COMMANDS: dict[str, tuple[str, str]] = {
 
 
 def setup_logging(level: str = "INFO") -> None:
-    try:
-        from guetteur import logsetup  # journald under systemd, stderr otherwise
-    except ImportError:
-        logsetup = None  # type: ignore[assignment]
-    if logsetup is not None and hasattr(logsetup, "setup_logging"):
-        logsetup.setup_logging(level)
-        return
-    logging.basicConfig(
-        level=getattr(logging, level, logging.INFO),
-        format="%(asctime)s.%(msecs)03dZ %(levelname)s %(name)s: %(message)s",
-        datefmt="%Y-%m-%dT%H:%M:%S",
-    )
-    logging.Formatter.converter = __import__("time").gmtime
+    """journald under systemd, stderr otherwise (UTC, milliseconds); faulthandler on."""
+    from guetteur.logsetup import setup_logging as setup
+
+    setup(level)
 
 
 def _lazy(sub: argparse._SubParsersAction, name: str, module: str, help_text: str) -> None:

@@ -35,6 +35,7 @@ from guetteur.detect import (
     load_detector,
 )
 from guetteur.events import EventTracker, EventUpdate, encode_jpeg
+from guetteur.health import HealthSupervisor
 from guetteur.link import DirectPublisher, Link
 from guetteur.masks import PolygonMask
 from guetteur.media import AnalyticFrame, EncodedPacket
@@ -48,6 +49,9 @@ from guetteur.timeutil import clock_synchronised, iso_ms
 log = logging.getLogger(__name__)
 
 PacketConsumer = Callable[[EncodedPacket], None]
+
+# Longest pause of a source between two reconnection attempts (sources.base.Backoff cap).
+RETRY_CAP_S = 30.0
 
 # Detections older than this (stream seconds) no longer describe what moves now.
 DETECTION_FRESH_S = 1.0
@@ -70,6 +74,7 @@ class CameraWorker:
         self.frames_dropped = 0
         self.frames_analysed = 0
         self.last_packet = time.monotonic()
+        self.last_status_report = time.monotonic()
         self.last_frame: AnalyticFrame | None = None  # privacy-masked, for snapshots on demand
         # Detections arrive from the detector thread; the next frames' event update uses them
         # while they are recent (stream time), so the detector never holds analysis up.
@@ -106,6 +111,7 @@ class CameraWorker:
                 self.frames_dropped += 1
 
     def on_status(self, status: CameraStatus) -> None:
+        self.last_status_report = time.monotonic()
         changed = (status.state, status.last_error) != (self.status.state, self.status.last_error)
         self.status = status
         if changed:  # the source has logged the change; the centre hears of it here
@@ -115,6 +121,7 @@ class CameraWorker:
 
     def start(self) -> None:
         self._stop.clear()
+        self.last_packet = self.last_status_report = time.monotonic()
         self._source_thread = threading.Thread(
             target=self._run_source, name=f"source-{self.camera.id}", daemon=True
         )
@@ -141,12 +148,28 @@ class CameraWorker:
             self.gateway.publish_event(update)
 
     def alive(self) -> bool:
-        """Threads running and packets flowing (a stalled camera is not alive)."""
+        """For the watchdog: threads running, and either packets flowing or the source visibly
+        working through its reconnect loop (a camera that is off the network must not restart
+        the whole agent and the other cameras with it). A source that says "streaming" but
+        delivers nothing is stalled: not alive."""
         threads_ok = all(
             t is not None and t.is_alive() for t in (self._source_thread, self._analysis_thread)
         )
-        fresh = time.monotonic() - self.last_packet < self.camera.stall_timeout_s
-        return threads_ok and fresh
+        now = time.monotonic()
+        if now - self.last_packet < self.camera.stall_timeout_s:
+            return threads_ok
+        retrying = self.status.state in ("reconnecting", "stalled", "failed", "starting")
+        recent_report = now - self.last_status_report < self.camera.stall_timeout_s + RETRY_CAP_S
+        return threads_ok and retrying and recent_report
+
+    def needs_restart(self) -> bool:
+        """A worker thread died, or the camera stays silent without its source reporting."""
+        if self._stop.is_set():
+            return False
+        dead = any(
+            t is None or not t.is_alive() for t in (self._source_thread, self._analysis_thread)
+        )
+        return dead or not self.alive()
 
     def _run_source(self) -> None:
         try:
@@ -290,26 +313,44 @@ class Gateway:
         self.link.stop(self.status_message(state="offline"))
         log.info("gateway %s: stopped", self.config.gateway_id)
 
-    def run(self, stop: threading.Event, status_every_s: float = 60.0) -> None:
-        """The supervisor loop: restarts dead workers, publishes status, until ``stop``."""
+    def summary(self) -> str:
+        """One line for systemd's STATUS= and the logs."""
+        states = [w.status.state for w in self.workers.values()]
+        streaming = states.count("streaming")
+        link = "link up" if self.link.connected else "link down"
+        return f"{streaming}/{len(states)} cameras streaming, {link}"
+
+    def run(
+        self,
+        stop: threading.Event,
+        health: HealthSupervisor | None = None,
+        status_every_s: float = 60.0,
+    ) -> None:
+        """The supervisor loop, until ``stop``: restarts hung or stalled camera workers first,
+        then tells systemd's watchdog whether everything is alive (never from a timer thread:
+        if this loop hangs, the watchdog must fire), and publishes status periodically."""
+        health = health or HealthSupervisor.from_environment()
+        health.ready(self.summary())
+        interval = min(1.0, health.tick_interval_s)
         next_status = time.monotonic() + status_every_s
-        while not stop.wait(1.0):
+        while not stop.wait(interval):
             for worker in self.workers.values():
-                for t in (worker._source_thread, worker._analysis_thread):
-                    if t is not None and not t.is_alive() and not worker._stop.is_set():
-                        log.error(
-                            "camera %s: worker thread %s died; restarting the camera",
-                            worker.camera.id,
-                            t.name,
-                        )
-                        worker.stop(0.5)
-                        worker.start()
-                        break
+                if worker.needs_restart():
+                    log.error(
+                        "camera %s: worker hung or stream stalled (%s); restarting it",
+                        worker.camera.id,
+                        worker.status.last_error or worker.status.state,
+                    )
+                    worker.stop(1.0)
+                    worker.start()
+            alive = {cid: w.alive() for cid, w in self.workers.items()}
+            health.tick(alive, self.link.alive(), self.summary())
             if time.monotonic() >= next_status:
                 next_status = time.monotonic() + status_every_s
                 self.publish_status()
                 for worker in self.workers.values():
                     self.publish_camera_status(worker)
+        health.stopping(f"stopping: {self.summary()}")
 
     # -- publishing --------------------------------------------------------------------------
 

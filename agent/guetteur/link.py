@@ -56,6 +56,9 @@ class Link:
         self._connected = threading.Event()
         self._subscriptions: dict[str, tuple[int, MessageCallback]] = {}
         self._connect_listeners: list[Callable[[], None]] = []
+        self._disconnect_listeners: list[Callable[[], None]] = []
+        self.session_present = False  # did the broker still hold our session at the last CONNACK
+        self.connects = 0  # successful connections since start (1 + reconnections)
         self._pool = ThreadPoolExecutor(command_workers, thread_name_prefix="command")
         self._last_error: str | None = None
         self._started = False
@@ -89,6 +92,9 @@ class Link:
         )
         c.reconnect_delay_set(min_delay=1, max_delay=max(1, int(self.config.reconnect_max_s)))
         c.max_queued_messages_set(0)
+        # QoS 1 messages awaiting their PUBACK: enough to keep a backlog drain streaming (the
+        # outbox bounds what it hands over with its own in-flight window)
+        c.max_inflight_messages_set(100)
         c.on_connect = self._on_connect
         c.on_disconnect = self._on_disconnect
         c.on_message = self._on_message
@@ -145,6 +151,12 @@ class Link:
     def connected(self) -> bool:
         return self._connected.is_set()
 
+    def alive(self) -> bool:
+        """The network loop is running (connected or reconnecting). A broker outage is normal
+        life for a gateway and must not trip the watchdog; a dead loop thread must."""
+        thread = getattr(self._client, "_thread", None)  # paho's loop_start thread
+        return self._started and thread is not None and thread.is_alive()
+
     @property
     def last_error(self) -> str | None:
         return self._last_error
@@ -155,6 +167,10 @@ class Link:
     def add_connect_listener(self, listener: Callable[[], None]) -> None:
         """Called (on the network thread) after every successful (re)connection."""
         self._connect_listeners.append(listener)
+
+    def add_disconnect_listener(self, listener: Callable[[], None]) -> None:
+        """Called (on the network thread) when an established connection is lost."""
+        self._disconnect_listeners.append(listener)
 
     # -- publishing ----------------------------------------------------------------------------
 
@@ -211,15 +227,21 @@ class Link:
         self,
         client: mqtt.Client,
         _userdata: Any,
-        _flags: Any,
+        flags: Any,
         reason: ReasonCode,
         _props: Properties | None,
     ) -> None:
         if reason.is_failure:
             self._last_error = f"broker refused the connection: {reason}"
-            log.error("link: %s; retrying", self._last_error)
+            log.error(
+                "link: %s; retrying (up to every %.0f s)",
+                self._last_error,
+                self.config.reconnect_max_s,
+            )
             return
         self._last_error = None
+        self.session_present = bool(getattr(flags, "session_present", False))
+        self.connects += 1
         for topic, (qos, _cb) in self._subscriptions.items():
             client.subscribe(topic, qos=qos)
         self._connected.set()
@@ -240,7 +262,8 @@ class Link:
     ) -> None:
         was = self._connected.is_set()
         self._connected.clear()
-        if self._started:
+        if self._started and (was or self._last_error is None):
+            # keep a refusal's reason ("Not authorized") rather than the disconnect that follows
             self._last_error = f"disconnected from broker: {reason}"
             if was:
                 log.warning(
@@ -248,6 +271,12 @@ class Link:
                     self._last_error,
                     self.config.reconnect_max_s,
                 )
+        if was:
+            for listener in list(self._disconnect_listeners):
+                try:
+                    listener()
+                except Exception:
+                    log.exception("link: disconnect listener failed")
 
     def _on_message(self, _client: mqtt.Client, _userdata: Any, msg: mqtt.MQTTMessage) -> None:
         log.debug("link: unexpected message on %s", msg.topic)

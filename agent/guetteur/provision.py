@@ -1,0 +1,597 @@
+"""First-boot provisioning from the boot (FAT) partition: ``guetteur provision``.
+
+The technician copies ``guetteur-provision.yaml`` (and the centre's CA certificate) onto the boot
+partition of a freshly flashed card. On first boot ``guetteur-provision.service`` runs this:
+
+1. read and validate the file; every problem names its key path (all at once);
+2. build the agent config and validate it with :func:`guetteur.config.validate_config`;
+3. generate the device key (EC P-256, mode 0600) unless one exists, and a CSR for it;
+4. commit: every file is written under a temporary name and renamed into ``/etc/guetteur``;
+5. rewrite the provisioning file on the FAT partition without the token, as
+   ``guetteur-provision.applied.yaml`` (so the unit does not run again), removing the original;
+6. mark done: ``/var/lib/guetteur/.provisioned``.
+
+Nothing is written before everything validated; a crash in steps 4-6 leaves the original file in
+place, and the next boot applies it again (the device key is reused, so the CSR stays valid).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import logging
+import os
+import pwd
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import yaml
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+
+from guetteur.config import ConfigError, validate_config
+from guetteur.protocol import ID_PATTERN
+from guetteur.timeutil import iso_ms
+
+log = logging.getLogger(__name__)
+
+PROVISION_FILE = "guetteur-provision.yaml"
+APPLIED_FILE = "guetteur-provision.applied.yaml"
+CONFIG_FILE = "guetteur.yaml"
+CA_FILE = "ca.pem"
+KEY_FILE = "device.key"
+CSR_FILE = "device.csr"
+CERT_FILE = "device.crt"
+TOKEN_FILE = "enrolment.token"
+DONE_MARKER = ".provisioned"
+BOARD_FILE = "board"  # read by guetteur.hwprofile.detect_board (/etc/guetteur/board)
+
+
+class ProvisionError(Exception):
+    """Provisioning refused; ``problems`` are ``key.path: sentence`` lines a technician can act on."""
+
+    def __init__(self, code: str, problems: list[str]) -> None:
+        self.code = code
+        self.problems = problems
+        super().__init__(f"{code}: " + "; ".join(problems))
+
+    def report(self) -> str:
+        lines = [f"provisioning refused ({self.code}): {len(self.problems)} problem(s)"]
+        lines += [f"  {p}" for p in self.problems]
+        lines.append("  nothing was changed; fix the file on the boot partition and reboot")
+        return "\n".join(lines)
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ProvisionCamera(_Model):
+    id: str = Field(description="Camera id (letters, digits, '-', '_')")
+    url: str = Field(description="Stream URL (rtsp://...)")
+    sub_url: str | None = Field(None, description="Sub-stream URL")
+    username: str | None = Field(None, description="Stream user")
+    password: SecretStr | None = Field(None, description="Stream password")
+
+
+class DiscoverCredentials(_Model):
+    username: str | None = Field(None, description="ONVIF user for GetStreamUri")
+    password: SecretStr | None = Field(None, description="ONVIF password")
+
+
+class ProvisionFile(_Model):
+    version: int = Field(1, description="Format version of this file (1)")
+    gateway_id: str = Field(description="This gateway's id, as the centre knows it")
+    site: str | None = Field(None, description="Free-text site name shown to operators")
+    broker_url: str = Field(
+        description="Centre broker: mqtts://HOST:PORT (or mqtt:// on a lab bench)"
+    )
+    ca_certificate: str | None = Field(
+        None, description="CA certificate: a file name on the boot partition or inline PEM"
+    )
+    device_certificate: str | None = Field(
+        None,
+        description="Pre-issued device certificate (file name or PEM), when the centre issues it ahead",
+    )
+    enrolment_token: SecretStr | None = Field(
+        None, description="One-time enrolment token from the centre"
+    )
+    cameras: list[ProvisionCamera] | str = Field(description="Cameras, or the word 'discover'")
+    discover: DiscoverCredentials | None = Field(
+        None, description="Credentials used when cameras is 'discover'"
+    )
+    board: str | None = Field(
+        None, description="Board profile override (rpi4, rpi5, jetson-orin-nano, generic-x86)"
+    )
+
+    @field_validator("version")
+    @classmethod
+    def _version(cls, v: int) -> int:
+        if v != 1:
+            raise ValueError(
+                "only version 1 is known; this gateway software is older than the file"
+            )
+        return v
+
+    @field_validator("gateway_id")
+    @classmethod
+    def _gw(cls, v: str) -> str:
+        if not ID_PATTERN.match(v):
+            raise ValueError(
+                "expected 1-64 letters, digits, '-' or '_', starting with a letter or digit"
+            )
+        return v
+
+    @field_validator("broker_url")
+    @classmethod
+    def _url(cls, v: str) -> str:
+        try:
+            parts = urlsplit(v)
+            port = parts.port
+        except ValueError:
+            raise ValueError(
+                f"{v!r} does not parse as a URL (expected mqtts://HOST:PORT)"
+            ) from None
+        if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
+            raise ValueError(f"{v!r}: expected mqtts://HOST:PORT or mqtt://HOST:PORT")
+        if port == 0:
+            raise ValueError(f"{v!r}: port 0 is not a broker port")
+        return v
+
+    @field_validator("cameras")
+    @classmethod
+    def _cameras(cls, v: list[ProvisionCamera] | str) -> list[ProvisionCamera] | str:
+        if isinstance(v, str) and v != "discover":
+            raise ValueError("expected a list of cameras or the word 'discover'")
+        return v
+
+
+@dataclass
+class ProvisionPlan:
+    """Everything that will be written, fully validated, before anything is."""
+
+    source: ProvisionFile
+    config_yaml: str
+    files: dict[str, tuple[bytes, int]] = field(default_factory=dict)  # name → (content, mode)
+    cameras: int = 0
+    key_reused: bool = False
+
+
+def _pydantic_problems(exc: ValidationError) -> list[str]:
+    out = []
+    for err in exc.errors():
+        loc = ""
+        for part in err["loc"]:
+            if isinstance(part, int):
+                loc += f"[{part}]"
+            elif part in ("list[ProvisionCamera]", "str"):
+                continue  # union branch names: not a key the technician wrote
+            else:
+                loc += ("." if loc else "") + str(part)
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key (check the spelling against docs/technician.md)"
+        elif err["type"] == "missing":
+            msg = "required key is missing"
+        line = f"{loc or '(top level)'}: {msg}"
+        if line not in out:
+            out.append(line)
+    return out
+
+
+def parse_provision_text(text: str, source: str = PROVISION_FILE) -> ProvisionFile:
+    """Parse and validate the provisioning YAML. Raises ProvisionError listing every problem."""
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ProvisionError("provision.syntax", [f"{source}: not valid YAML: {exc}"]) from None
+    if not isinstance(raw, dict):
+        raise ProvisionError(
+            "provision.invalid", [f"{source}: expected a mapping of keys to values"]
+        )
+    try:
+        return ProvisionFile.model_validate(raw)
+    except ValidationError as exc:
+        raise ProvisionError("provision.invalid", _pydantic_problems(exc)) from None
+
+
+def _read_pem(value: str, boot_dir: Path, key: str, problems: list[str]) -> bytes | None:
+    if "-----BEGIN" in value:
+        return value.encode()
+    path = boot_dir / value
+    if Path(value).is_absolute() or ".." in Path(value).parts:
+        problems.append(f"{key}: give a file name on the boot partition, not a path ({value!r})")
+        return None
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        problems.append(f"{key}: cannot read {value} on the boot partition: {exc.strerror}")
+        return None
+
+
+def check_certificate(
+    pem: bytes, key: str, problems: list[str], now: dt.datetime | None = None
+) -> x509.Certificate | None:
+    """Parse one PEM certificate; refuse expired or not-yet-valid ones with a sentence."""
+    try:
+        cert = x509.load_pem_x509_certificate(pem)
+    except ValueError:
+        problems.append(f"{key}: not a PEM certificate (expected -----BEGIN CERTIFICATE-----)")
+        return None
+    now = now or dt.datetime.now(dt.UTC)
+    if cert.not_valid_after_utc <= now:
+        problems.append(
+            f"{key}: certificate expired on {cert.not_valid_after_utc:%Y-%m-%d}; ask the "
+            "centre for a current one"
+        )
+    elif cert.not_valid_before_utc > now:
+        problems.append(
+            f"{key}: certificate is valid only from {cert.not_valid_before_utc:%Y-%m-%d %H:%M}"
+            " UTC; check the gateway's clock (NTP) or the certificate"
+        )
+    return cert
+
+
+def load_or_create_key(existing: bytes | None) -> tuple[ec.EllipticCurvePrivateKey, bool]:
+    """Reuse a valid existing P-256 device key (re-provisioning keeps the identity), else create."""
+    if existing:
+        try:
+            key = serialization.load_pem_private_key(existing, password=None)
+            if isinstance(key, ec.EllipticCurvePrivateKey) and key.curve.name == "secp256r1":
+                return key, True
+        except (ValueError, TypeError):
+            log.warning("existing device key is unreadable: a new one is generated")
+    return ec.generate_private_key(ec.SECP256R1()), False
+
+
+def make_csr(key: ec.EllipticCurvePrivateKey, gateway_id: str, site: str | None) -> bytes:
+    attrs = [
+        x509.NameAttribute(NameOID.COMMON_NAME, gateway_id),
+        x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, "guetteur-gateway"),
+    ]
+    if site:
+        attrs.append(x509.NameAttribute(NameOID.LOCALITY_NAME, site[:128]))
+    csr = (
+        x509.CertificateSigningRequestBuilder()
+        .subject_name(x509.Name(attrs))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName(gateway_id)]), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    return csr.public_bytes(serialization.Encoding.PEM)
+
+
+DiscoverFn = Callable[[DiscoverCredentials | None], list[dict[str, Any]]]
+
+
+def plan_provisioning(
+    boot_dir: Path,
+    etc_dir: Path,
+    data_dir: str = "/var/lib/guetteur",
+    discover_cameras: DiscoverFn | None = None,
+) -> ProvisionPlan:
+    """Read, validate and prepare everything in memory. Raises ProvisionError; writes nothing."""
+    prov_path = boot_dir / PROVISION_FILE
+    try:
+        text = prov_path.read_text(encoding="utf-8-sig")  # Windows editors add a BOM
+    except OSError as exc:
+        raise ProvisionError(
+            "provision.missing", [f"{prov_path}: cannot read: {exc.strerror}"]
+        ) from None
+    prov = parse_provision_text(text, PROVISION_FILE)
+    problems: list[str] = []
+    files: dict[str, tuple[bytes, int]] = {}
+
+    tls: dict[str, str] = {}
+    if prov.ca_certificate:
+        pem = _read_pem(prov.ca_certificate, boot_dir, "ca_certificate", problems)
+        if pem is not None and check_certificate(pem, "ca_certificate", problems) is not None:
+            files[CA_FILE] = (pem, 0o644)
+            tls["ca_file"] = str(etc_dir / CA_FILE)
+    elif prov.broker_url.startswith("mqtts://"):
+        log.info("no ca_certificate: the broker's certificate is checked against the system CAs")
+    if prov.device_certificate:
+        pem = _read_pem(prov.device_certificate, boot_dir, "device_certificate", problems)
+        if pem is not None and check_certificate(pem, "device_certificate", problems) is not None:
+            files[CERT_FILE] = (pem, 0o644)
+
+    cameras: list[dict[str, Any]] = []
+    if isinstance(prov.cameras, str):
+        if discover_cameras is None:
+            problems.append("cameras: 'discover' needs the network, which is not available here")
+        else:
+            cameras = discover_cameras(prov.discover)
+            if not cameras:
+                log.warning(
+                    "cameras: discover found no ONVIF camera; the config has none. Check "
+                    "the cameras are powered and on this LAN, then run `guetteur discover`"
+                )
+    else:
+        for cam in prov.cameras:
+            entry: dict[str, Any] = {"id": cam.id, "url": cam.url}
+            if cam.sub_url:
+                entry["sub_url"] = cam.sub_url
+            if cam.username:
+                entry["username"] = cam.username
+            if cam.password is not None:
+                entry["password"] = cam.password.get_secret_value()
+            cameras.append(entry)
+
+    if prov.board and prov.board != "auto":
+        from guetteur.hwprofile import available_profiles
+
+        known = sorted(available_profiles())
+        if prov.board not in known:
+            problems.append(
+                f"board: unknown board {prov.board!r}; known boards: {', '.join(known)}"
+            )
+        else:
+            files[BOARD_FILE] = (f"{prov.board}\n".encode(), 0o644)
+
+    key_path = etc_dir / KEY_FILE
+    try:
+        existing = key_path.read_bytes()
+    except OSError:
+        existing = None
+    key, reused = load_or_create_key(existing)
+    key_pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    files[KEY_FILE] = (key_pem, 0o600)
+    files[CSR_FILE] = (make_csr(key, prov.gateway_id, prov.site), 0o644)
+    if prov.enrolment_token is not None:
+        files[TOKEN_FILE] = (prov.enrolment_token.get_secret_value().encode() + b"\n", 0o600)
+
+    mqtt: dict[str, Any] = {"url": prov.broker_url}
+    if tls or CERT_FILE in files:
+        if CERT_FILE in files:
+            tls["cert_file"] = str(etc_dir / CERT_FILE)
+            tls["key_file"] = str(key_path)
+        mqtt["tls"] = tls
+    config: dict[str, Any] = {
+        "gateway_id": prov.gateway_id,
+        "data_dir": data_dir,
+        "mqtt": mqtt,
+        "cameras": cameras,
+    }
+    if prov.site:
+        config["site"] = prov.site
+    try:
+        validate_config(config, "generated config")
+    except ConfigError as exc:
+        problems += [f"(generated config) {p}" for p in exc.problems]
+    if problems:
+        raise ProvisionError("provision.invalid", problems)
+    header = (
+        f"# Written by guetteur provision at {iso_ms()} from {PROVISION_FILE} on the boot "
+        "partition.\n# Edit freely; `guetteur config check` validates it.\n"
+    )
+    config_yaml = header + yaml.safe_dump(config, sort_keys=False, allow_unicode=True)
+    files[CONFIG_FILE] = (config_yaml.encode(), 0o640)
+    return ProvisionPlan(prov, config_yaml, files, len(cameras), reused)
+
+
+def _write_atomic(path: Path, content: bytes, mode: int, owner: tuple[int, int] | None) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        os.fchmod(fd, mode)  # before any byte lands: the key is never world-readable
+        if owner is not None:
+            os.fchown(fd, *owner)
+        with os.fdopen(fd, "wb") as f:
+            f.write(content)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass  # FAT directories cannot always be fsynced
+    finally:
+        os.close(fd)
+
+
+def resolve_owner(user: str | None) -> tuple[int, int] | None:
+    if not user:
+        return None
+    try:
+        pw = pwd.getpwnam(user)
+    except KeyError:
+        raise ProvisionError(
+            "provision.user",
+            [f"--owner: system user {user!r} does not exist (sysusers.d/guetteur.conf creates it)"],
+        ) from None
+    return pw.pw_uid, pw.pw_gid
+
+
+@dataclass
+class ProvisionResult:
+    gateway_id: str
+    config_path: Path
+    key_path: Path
+    csr_path: Path
+    cameras: int
+    key_reused: bool
+
+
+def apply_plan(
+    plan: ProvisionPlan,
+    boot_dir: Path,
+    etc_dir: Path,
+    state_dir: Path,
+    owner: tuple[int, int] | None = None,
+) -> ProvisionResult:
+    """Commit a validated plan: /etc files, then the FAT clean-up, then the done marker."""
+    etc_dir.mkdir(parents=True, exist_ok=True)
+    state_dir.mkdir(parents=True, exist_ok=True)
+    # The key first: a config pointing at a missing key would be worse than the reverse.
+    order = [KEY_FILE, CSR_FILE, CA_FILE, CERT_FILE, TOKEN_FILE, BOARD_FILE, CONFIG_FILE]
+    for name in order:
+        if name in plan.files:
+            content, mode = plan.files[name]
+            _write_atomic(etc_dir / name, content, mode, owner)
+    _fsync_dir(etc_dir)
+
+    # The token leaves the FAT partition: the file is rewritten without it under a new name
+    # (so the unit's ConditionPathExists no longer holds), then the original is removed.
+    prov_path = boot_dir / PROVISION_FILE
+    raw = _scrub_secrets(yaml.safe_load(prov_path.read_text(encoding="utf-8-sig")), etc_dir)
+    applied = (
+        "# Applied by guetteur provision at " + iso_ms() + ". To provision again, edit and "
+        f"rename back to {PROVISION_FILE}.\n"
+        + yaml.safe_dump(raw, sort_keys=False, allow_unicode=True)
+    )
+    _write_atomic(boot_dir / APPLIED_FILE, applied.encode(), 0o644, None)
+    prov_path.unlink()
+    _fsync_dir(boot_dir)
+
+    marker = {
+        "gateway_id": plan.source.gateway_id,
+        "time": iso_ms(),
+        "cameras": plan.cameras,
+        "key_reused": plan.key_reused,
+    }
+    _write_atomic(state_dir / DONE_MARKER, json.dumps(marker).encode() + b"\n", 0o644, None)
+    return ProvisionResult(
+        plan.source.gateway_id,
+        etc_dir / CONFIG_FILE,
+        etc_dir / KEY_FILE,
+        etc_dir / CSR_FILE,
+        plan.cameras,
+        plan.key_reused,
+    )
+
+
+def _scrub_secrets(node: Any, etc_dir: Path) -> Any:
+    """The provisioning tree with the token and every password replaced by a note."""
+    if isinstance(node, dict):
+        out = {}
+        for k, v in node.items():
+            if k == "enrolment_token":
+                out[k] = f"(removed at provisioning; kept in {etc_dir / TOKEN_FILE})"
+            elif k == "password":
+                out[k] = f"(removed at provisioning; kept in {etc_dir / CONFIG_FILE})"
+            else:
+                out[k] = _scrub_secrets(v, etc_dir)
+        return out
+    if isinstance(node, list):
+        return [_scrub_secrets(v, etc_dir) for v in node]
+    return node
+
+
+def provision(
+    boot_dir: Path,
+    etc_dir: Path,
+    state_dir: Path,
+    owner: str | None = None,
+    data_dir: str | None = None,
+    discover_cameras: DiscoverFn | None = None,
+) -> ProvisionResult:
+    """Validate everything, then apply. Raises ProvisionError with nothing changed."""
+    owner_ids = resolve_owner(owner)
+    if data_dir is None:
+        data_dir = _board_data_dir(boot_dir)
+    plan = plan_provisioning(boot_dir, etc_dir, data_dir, discover_cameras)
+    return apply_plan(plan, boot_dir, etc_dir, state_dir, owner_ids)
+
+
+def _board_data_dir(boot_dir: Path) -> str:
+    from guetteur.hwprofile import ProfileError, detect_board
+
+    try:
+        raw = yaml.safe_load((boot_dir / PROVISION_FILE).read_text(encoding="utf-8-sig"))
+        override = raw.get("board") if isinstance(raw, dict) else None
+        return detect_board(
+            override=override if isinstance(override, str) else None
+        ).storage.data_dir
+    except (OSError, yaml.YAMLError, ProfileError) as exc:
+        log.warning("board profile unavailable (%s): data_dir /var/lib/guetteur", exc)
+        return "/var/lib/guetteur"
+
+
+def _discover_for_provisioning(creds: DiscoverCredentials | None) -> list[dict[str, Any]]:
+    from guetteur.discover import cameras_for_config, discover
+
+    user = creds.username if creds else None
+    password = creds.password.get_secret_value() if creds and creds.password else None
+    found = discover(timeout_s=3.0, username=user, password=password)
+    return cameras_for_config(found, user, password)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--boot",
+        type=Path,
+        default=Path("/boot/firmware"),
+        help="boot (FAT) partition holding guetteur-provision.yaml",
+    )
+    parser.add_argument(
+        "--etc",
+        type=Path,
+        default=Path("/etc/guetteur"),
+        help="where the agent config, key and CSR are written",
+    )
+    parser.add_argument(
+        "--state",
+        type=Path,
+        default=Path("/var/lib/guetteur"),
+        help="where the done marker is written",
+    )
+    parser.add_argument(
+        "--owner",
+        default="guetteur",
+        help="user owning the written files ('' keeps the current user)",
+    )
+    parser.add_argument(
+        "--data-dir",
+        default=None,
+        help="data_dir written into the config (default: from the board profile)",
+    )
+    parser.add_argument(
+        "--no-discover",
+        action="store_true",
+        help="refuse cameras: discover instead of probing the LAN",
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    boot: Path = args.boot
+    if not (boot / PROVISION_FILE).exists():
+        print(f"nothing to do: no {PROVISION_FILE} in {boot}")
+        return 0
+    try:
+        result = provision(
+            boot,
+            args.etc,
+            args.state,
+            owner=args.owner or None,
+            data_dir=args.data_dir,
+            discover_cameras=None if args.no_discover else _discover_for_provisioning,
+        )
+    except ProvisionError as exc:
+        print(exc.report())
+        log.error("provisioning refused: %s", exc)
+        return 2
+    print(
+        f"provisioned gateway {result.gateway_id}: config {result.config_path}, "
+        f"{result.cameras} camera(s), device key {result.key_path} "
+        f"({'kept' if result.key_reused else 'new'}), CSR {result.csr_path}"
+    )
+    print("next: `guetteur doctor` checks cameras, broker, clock and disk")
+    return 0
