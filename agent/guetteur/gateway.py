@@ -25,6 +25,7 @@ from pydantic import BaseModel, ConfigDict
 
 from guetteur import __version__, protocol
 from guetteur.audit import AuditTrail
+from guetteur.clips import EventClipper, ExportService
 from guetteur.commands import CommandContext, CommandDispatcher, CommandError
 from guetteur.config import CameraConfig, GuetteurConfig
 from guetteur.detect import (
@@ -42,6 +43,7 @@ from guetteur.media import AnalyticFrame, EncodedPacket
 from guetteur.motion import MotionDetector
 from guetteur.ptz.service import PtzService
 from guetteur.publish import OutboundItem, Priority, Publisher
+from guetteur.recorder import Recorder
 from guetteur.sources import open_source
 from guetteur.sources.base import CameraStatus, Source
 from guetteur.timeutil import clock_synchronised, iso_ms
@@ -275,6 +277,19 @@ class Gateway:
         for cam in config.cameras:
             if cam.enabled:
                 self.workers[cam.id] = CameraWorker(self, cam, open_source(cam))
+        self.recorder: Recorder | None = None
+        self.clipper: EventClipper | None = None
+        self.exports: ExportService | None = None
+        if config.recording.enabled:
+            self.recorder = Recorder(config.recording, self.data_dir)
+            for worker in self.workers.values():
+                worker.packet_consumers.append(self.recorder.on_packet)
+            self.exports = ExportService(config, self.recorder.index, self.publisher)
+            self.exports.register(self.dispatcher)
+            if config.events.clips:
+                self.clipper = EventClipper(
+                    self.recorder, self.publisher, config.events, self.data_dir / "clips"
+                )
         self.ptz = PtzService(self.workers_config(), self.audit)
         self.ptz.register(self.dispatcher)
         self.dispatcher.register("snapshot", SnapshotRequest, self._cmd_snapshot)
@@ -310,6 +325,11 @@ class Gateway:
         if self.detector_worker is not None:
             self.detector_worker.close(1.0)
         self.ptz.close()  # stops any camera still moving
+        for closing in (self.exports, self.clipper):  # they share the recorder's index
+            if closing is not None:
+                closing.close()
+        if self.recorder is not None:
+            self.recorder.close()
         self.link.stop(self.status_message(state="offline"))
         log.info("gateway %s: stopped", self.config.gateway_id)
 
@@ -355,6 +375,13 @@ class Gateway:
     # -- publishing --------------------------------------------------------------------------
 
     def publish_event(self, update: EventUpdate) -> None:
+        if self.clipper is not None:
+            if update.kind == "start":
+                self.clipper.event_started(update.camera, update.event_id, update.start_wall)
+            elif update.kind == "end" and update.end_wall is not None:
+                self.clipper.event_ended(
+                    update.camera, update.event_id, update.start_wall, update.end_wall
+                )
         message = update.to_message(self.config.gateway_id)
         self.publisher.submit(
             OutboundItem(
@@ -404,11 +431,15 @@ class Gateway:
             "clock_synced": clock_synchronised(),
             "cameras": {cid: w.status.state for cid, w in self.workers.items()},
             "disk": {"free_bytes": disk.free, "total_bytes": disk.total},
+            "recording": self.recorder.status() if self.recorder is not None else None,
             "warnings": self.warnings(),
         }
 
     def warnings(self) -> list[str]:
-        return list(self._warnings)
+        found = list(self._warnings)
+        if self.recorder is not None:
+            found += self.recorder.warnings()
+        return found
 
     def publish_status(self) -> None:
         self.link.publish_json(self.link.topics.status, self.status_message(), qos=1, retain=True)

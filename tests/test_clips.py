@@ -1,0 +1,302 @@
+"""Event clips and exports cut from a real recorded ring, checked frame by frame."""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import av
+import pytest
+import yaml
+
+from guetteur import exportcli
+from guetteur.clips import ClipError, EventClipper, ExportService, coverage_gaps, cut_clip
+from guetteur.commands import CommandDispatcher
+from guetteur.config import EventsConfig, GuetteurConfig, RecordingConfig
+from guetteur.publish import ClipFile, OutboundItem
+from guetteur.recorder import Recorder, SegmentIndex
+from tests.recording_agent import Clip, feed, load_clip, make_h264
+
+FPS = 25
+
+
+@pytest.fixture(scope="module")
+def source(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_h264(tmp_path_factory.mktemp("clipmedia") / "src.mp4", seconds=10, gop_s=1.0)
+
+
+@pytest.fixture(scope="module")
+def source_frames(source: Path) -> list[str]:
+    """Digest of every decoded frame of the source, in order (frame i at i/25 s)."""
+    return frame_digests(source)
+
+
+def frame_digests(path: Path) -> list[str]:
+    with av.open(str(path)) as box:
+        return [
+            hashlib.sha1(bytes(f.planes[0])).hexdigest()[:16]
+            for f in box.decode(box.streams.video[0])
+        ]
+
+
+@pytest.fixture(scope="module")
+def ring(source: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, float]:
+    """30 s of the looped source recorded from wall0, then a hole of 10 s, then 10 s more."""
+    data_dir = tmp_path_factory.mktemp("clipring")
+    clip: Clip = load_clip(source)
+    wall0 = float(int(time.time()) - 300)
+    rec = Recorder(RecordingConfig(segment_s=4, max_percent=None, min_free_bytes=0), data_dir)
+    for pkt in feed(clip, "cam1", wall0, loops=3):
+        rec.on_packet(pkt)
+    for pkt in feed(clip, "cam1", wall0 + 40, loops=1):
+        rec.on_packet(pkt)
+    rec.close()
+    return data_dir, wall0
+
+
+def test_coverage_gaps() -> None:
+    assert coverage_gaps([(0, 10), (20, 30)], 5, 25) == [(10, 20)]
+    assert coverage_gaps([(0, 10), (10.2, 30)], 0, 30) == []  # jitter below the tolerance
+    assert coverage_gaps([], 0, 5) == [(0, 5)]
+    assert coverage_gaps([(2, 3)], 0, 5) == [(0, 2), (3, 5)]
+
+
+def test_event_clip_holds_the_event_start_and_all_rolls(
+    ring: tuple[Path, float], source_frames: list[str], tmp_path: Path
+) -> None:
+    data_dir, wall0 = ring
+    index = SegmentIndex.for_data_dir(data_dir)
+    start, end, pre, post = wall0 + 13.3, wall0 + 16.1, 5.0, 5.0
+    out = tmp_path / "evt.mp4"
+    result = cut_clip(index, "cam1", start, end, pre, post, out)
+    index.close()
+    gop = 1.0
+    assert start - pre - gop < result.start <= start - pre  # starts on the keyframe before
+    assert result.end >= end + post
+    assert result.end - result.start >= pre + (end - start) + post
+    assert result.end - result.start <= pre + (end - start) + post + gop + 0.1
+    assert result.gaps == []
+
+    # The frames are the camera's own (decoded bit for bit like the source) and in order.
+    clip_frames = frame_digests(out)
+    assert len(clip_frames) == result.packets
+    first = round((result.start - wall0) * FPS)
+    expected = [source_frames[(first + k) % len(source_frames)] for k in range(len(clip_frames))]
+    assert clip_frames == expected
+    # The frame of the event start is in it, at its place on the clip's timeline.
+    k = round((start - result.start) * FPS)
+    assert clip_frames[k] == source_frames[round((start - wall0) * FPS) % len(source_frames)]
+    with av.open(str(out)) as box:
+        times = [f.time for f in box.decode(box.streams.video[0])]
+    assert times[k] == pytest.approx(start - result.start, abs=1 / FPS)
+
+    # MP4 with the moov box first (faststart: browsers play while downloading), ffprobe-clean.
+    head = out.read_bytes()
+    assert head.find(b"moov") < head.find(b"mdat")
+    probe = subprocess.run(
+        ["ffprobe", "-v", "error", "-show_entries", "format=format_name,duration", "-of", "json",
+         str(out)],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    assert probe.stderr == ""
+    fmt = json.loads(probe.stdout)["format"]
+    assert "mp4" in fmt["format_name"]
+    assert float(fmt["duration"]) == pytest.approx(result.end - result.start, abs=0.05)
+
+
+def test_clip_across_a_hole_reports_the_gap(ring: tuple[Path, float], tmp_path: Path) -> None:
+    data_dir, wall0 = ring
+    index = SegmentIndex.for_data_dir(data_dir)
+    result = cut_clip(index, "cam1", wall0 + 25, wall0 + 45, 0, 0, tmp_path / "gap.mp4")
+    assert len(result.gaps) == 1
+    a, b = result.gaps[0]
+    assert a == pytest.approx(wall0 + 30, abs=0.05) and b == pytest.approx(wall0 + 40, abs=0.05)
+    # 5 s before the hole (from the keyframe at 25 s) and 5 s after it.
+    assert result.packets == pytest.approx(10 * FPS, abs=2)
+    with pytest.raises(ClipError) as err:
+        cut_clip(index, "cam1", wall0 + 31, wall0 + 39, 0, 0, tmp_path / "none.mp4")
+    assert err.value.code == "not_found"
+    assert not (tmp_path / "none.mp4").exists()
+    assert not list(tmp_path.glob("*.part"))
+    index.close()
+
+
+class CollectingPublisher:
+    """A Publisher that keeps what it is given (the outbox is another issue's)."""
+
+    def __init__(self) -> None:
+        self.clips: list[ClipFile] = []
+        self.items: list[OutboundItem] = []
+        self.got_clip = threading.Event()
+
+    def submit(self, item: OutboundItem) -> None:
+        self.items.append(item)
+
+    def submit_clip(self, clip: ClipFile) -> None:
+        self.clips.append(clip)
+        self.got_clip.set()
+
+
+@pytest.fixture
+def export(ring: tuple[Path, float]):  # type: ignore[no-untyped-def]
+    data_dir, wall0 = ring
+    config = GuetteurConfig.model_validate(
+        {
+            "gateway_id": "gw1",
+            "data_dir": str(data_dir),
+            "cameras": [{"id": "cam1", "url": "test:bars"}, {"id": "cam2", "url": "test:bars"}],
+            "recording": {"export_max_s": 600},
+        }
+    )
+    index = SegmentIndex.for_data_dir(data_dir)
+    publisher = CollectingPublisher()
+    service = ExportService(config, index, publisher)
+    dispatcher = CommandDispatcher()
+    service.register(dispatcher)
+    yield dispatcher, publisher, wall0, data_dir
+    service.close()
+    index.close()
+
+
+def iso(t: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t)) + f".{int(t % 1 * 1000):03d}Z"
+
+
+def ask(dispatcher: CommandDispatcher, payload: dict[str, object]) -> dict[str, object]:
+    return dispatcher.handle("export", json.dumps(payload).encode())
+
+
+def test_export_command_delivers_an_mp4_with_its_gaps(export) -> None:  # type: ignore[no-untyped-def]
+    dispatcher, publisher, wall0, data_dir = export
+    reply = ask(dispatcher, {"id": "req-1", "camera": "cam1", "from": iso(wall0 + 28),
+                             "to": iso(wall0 + 42)})  # fmt: skip
+    assert reply["ok"] is True, reply
+    assert reply["id"] == "req-1"
+    gaps = reply["gaps"]
+    assert isinstance(gaps, list) and len(gaps) == 1
+    assert gaps[0]["from"].startswith(iso(wall0 + 30)[:19])
+    assert publisher.got_clip.wait(20)
+    clip = publisher.clips[0]
+    assert clip.clip_id == reply["clip_id"] and clip.request_id == "req-1"
+    assert clip.event_id is None and clip.camera == "cam1"
+    path = Path(clip.path)
+    assert path.parent == data_dir / "clips" and path.exists()
+    assert len(frame_digests(path)) == pytest.approx(4 * FPS, abs=2)  # 28-30 s and 40-42 s
+
+
+@pytest.mark.parametrize(
+    ("payload", "code", "words"),
+    [
+        ({"camera": "cam1", "from": 20, "to": 10}, "bad_request", "must be after"),
+        ({"camera": "cam1", "from": 100_000, "to": 100_010}, "out_of_range", "future"),
+        ({"camera": "cam1", "from": 10, "to": 100_000}, "out_of_range", "future"),
+        ({"camera": "cam1", "from": -2000, "to": 0}, "out_of_range", "export_max_s"),
+        ({"camera": "cam9", "from": 0, "to": 10}, "unknown_camera", "cam9"),
+        ({"camera": "../../etc", "from": 0, "to": 10}, "bad_request", "camera id"),
+        ({"camera": "cam1", "from": 0, "to": 10, "id": "../x"}, "bad_request", "request id"),
+        ({"camera": "cam1", "from": "yesterday", "to": 10}, "bad_request", "ISO 8601"),
+        ({"camera": "cam1", "from": 0, "to": 10, "path": "/tmp/x"}, "bad_request", "unknown"),
+        ({"camera": "cam1", "from": -200, "to": -100}, "not_found", "nothing recorded"),
+        ({"camera": "cam2", "from": 0, "to": 10}, "not_found", "nothing recorded"),
+    ],
+)
+def test_export_bad_input_gets_a_code_and_a_sentence(
+    export,  # type: ignore[no-untyped-def]
+    payload: dict[str, object],
+    code: str,
+    words: str,
+) -> None:
+    dispatcher, publisher, wall0, data_dir = export
+    body = dict(payload)
+    for key in ("from", "to"):
+        if isinstance(body[key], int):
+            body[key] = iso(wall0 + int(body[key]))  # type: ignore[call-overload]
+    before = set(Path(data_dir).parent.rglob("*"))
+    reply = ask(dispatcher, body)
+    assert reply["ok"] is False, reply
+    error = reply["error"]
+    assert isinstance(error, dict)
+    assert error["code"] == code, error
+    assert words in error["message"], error
+    time.sleep(0.05)
+    assert set(Path(data_dir).parent.rglob("*")) == before  # nothing written anywhere
+    assert publisher.clips == []
+
+
+def test_export_cli(ring: tuple[Path, float], tmp_path: Path) -> None:
+    data_dir, wall0 = ring
+    cfg = tmp_path / "guetteur.yaml"
+    cfg.write_text(
+        yaml.safe_dump(
+            {
+                "gateway_id": "gw1",
+                "data_dir": str(data_dir),
+                "cameras": [{"id": "cam1", "url": "test:bars"}],
+            }
+        )
+    )
+    parser = argparse.ArgumentParser()
+    exportcli.add_arguments(parser)
+
+    def run(*argv: str) -> int:
+        return exportcli.run(parser.parse_args([*argv, "-c", str(cfg)]))
+
+    out = tmp_path / "export.mp4"
+    assert run("--camera", "cam1", "--from", iso(wall0 + 2), "--to", iso(wall0 + 6),
+               "-o", str(out)) == 0  # fmt: skip
+    assert len(frame_digests(out)) == pytest.approx(4 * FPS, abs=2)
+    assert run("--camera", "cam1", "--from", iso(wall0 + 6), "--to", iso(wall0 + 2),
+               "-o", str(tmp_path / "x.mp4")) == 2  # fmt: skip
+    assert run("--camera", "cam1", "--from", iso(wall0 - 100), "--to", iso(wall0 - 50),
+               "-o", str(tmp_path / "y.mp4")) == 1  # fmt: skip
+    assert not (tmp_path / "x.mp4").exists() and not (tmp_path / "y.mp4").exists()
+
+
+def test_event_clipper_waits_for_the_post_roll_then_delivers(
+    source: Path, source_frames: list[str], tmp_path: Path
+) -> None:
+    """A live recorder (paced 4x), an event whose post-roll is not recorded yet when it ends."""
+    clip: Clip = load_clip(source)
+    rec = Recorder(RecordingConfig(segment_s=2, max_percent=None, min_free_bytes=0), tmp_path)
+    publisher = CollectingPublisher()
+    clipper = EventClipper(
+        rec, publisher, EventsConfig(pre_roll_s=2, post_roll_s=2), tmp_path / "clips"
+    )
+    wall0 = time.time() - 60
+    stop = threading.Event()
+
+    def camera() -> None:
+        t0 = time.monotonic()
+        for pkt in feed(clip, "cam1", wall0, loops=2):
+            delay = t0 + (pkt.wallclock - wall0) / 4 - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+            rec.on_packet(pkt)
+            if stop.is_set():
+                return
+
+    thread = threading.Thread(target=camera)
+    thread.start()
+    try:
+        time.sleep(1.5)  # ~6 s of stream recorded
+        clipper.event_started("cam1", "evt-1", wall0 + 4.0)
+        assert [p.pin_id for p in rec.index.pins()] == ["evt-1"]
+        clipper.event_ended("cam1", "evt-1", wall0 + 4.0, wall0 + 6.5)  # post-roll to 8.5 s
+        assert publisher.got_clip.wait(20)
+    finally:
+        stop.set()
+        thread.join()
+        clipper.close()
+    got = publisher.clips[0]
+    assert got.event_id == "evt-1" and got.clip_id == "evt-evt-1"
+    frames = frame_digests(Path(got.path))
+    first = source_frames.index(frames[0])
+    assert first == 2 * FPS  # the keyframe at 2.0 s = event start minus the pre-roll
+    assert len(frames) >= round(6.5 * FPS)  # pre-roll + event + post-roll
+    assert rec.index.pins() == []  # the file is the publisher's now: no segment held any more
+    rec.close()
