@@ -38,6 +38,7 @@ from guetteur.detect import (
 from guetteur.events import EventTracker, EventUpdate, encode_jpeg
 from guetteur.health import HealthSupervisor
 from guetteur.link import DirectPublisher, Link
+from guetteur.live import LiveHub, LiveService
 from guetteur.masks import PolygonMask
 from guetteur.media import AnalyticFrame, EncodedPacket
 from guetteur.motion import MotionDetector
@@ -290,6 +291,13 @@ class Gateway:
                 self.clipper = EventClipper(
                     self.recorder, self.publisher, config.events, self.data_dir / "clips"
                 )
+        self.live_hubs = {cid: LiveHub(cid, config.live.max_gop_bytes) for cid in self.workers}
+        for cid, worker in self.workers.items():
+            worker.packet_consumers.append(self.live_hubs[cid].on_packet)
+        self.live = LiveService(
+            config.live, self.workers_config(), self.link, self.audit, self.live_hubs
+        )
+        self.live.register(self.dispatcher)
         self.ptz = PtzService(self.workers_config(), self.audit)
         self.ptz.register(self.dispatcher)
         self.dispatcher.register("snapshot", SnapshotRequest, self._cmd_snapshot)
@@ -309,6 +317,7 @@ class Gateway:
             len(self.workers),
             __version__,
         )
+        self.live.start()
         self.link.start()
         self.ptz.start()
         for worker in self.workers.values():
@@ -325,6 +334,7 @@ class Gateway:
         if self.detector_worker is not None:
             self.detector_worker.close(1.0)
         self.ptz.close()  # stops any camera still moving
+        self.live.close()
         for closing in (self.exports, self.clipper):  # they share the recorder's index
             if closing is not None:
                 closing.close()
