@@ -44,6 +44,7 @@ def run_demo(seconds: float, stop: threading.Event) -> int:
             "mqtt": {"url": broker.url},
             "cameras": [{"id": "demo-cam", "url": DEMO_CAMERA}],
             "outbox": {"enabled": False},
+            "events": {"clips": False},  # clips need the durable outbox and a receiver
         },
         "demo config",
     )

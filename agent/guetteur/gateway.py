@@ -325,6 +325,7 @@ class Gateway:
 
     def stop(self, timeout: float = 3.0) -> None:
         """Stop every camera (together, within ``timeout``), then say goodbye on the link."""
+        farewell = self.status_message(state="offline")
         self._stop.set()
         for worker in self.workers.values():
             worker.request_stop()
@@ -340,7 +341,7 @@ class Gateway:
                 closing.close()
         if self.recorder is not None:
             self.recorder.close()
-        self.link.stop(self.status_message(state="offline"))
+        self.link.stop(farewell)
         log.info("gateway %s: stopped", self.config.gateway_id)
 
     def summary(self) -> str:

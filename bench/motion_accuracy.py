@@ -1,0 +1,471 @@
+#!/usr/bin/env python3
+"""Score the motion pipeline (MotionDetector + EventTracker) on clips against ground truth.
+
+    bench/motion_accuracy.py CLIP [TRUTH.json] [--fps 5] [--width 320] [--config cam.yaml] [--json]
+    bench/motion_accuracy.py --dir DIR          # every DIR/*.mp4 with its DIR/*.json beside it
+
+TRUTH.json: ``{"events": [{"start": 5.0, "end": 8.0}, ...], "ignore_masks": [...]}`` (seconds
+from the clip's start; ``ignore_masks``/``privacy_masks`` optional, normalised polygons). Without
+a truth file the events found are only listed.
+
+The clip is decoded with PyAV and thinned to the analytic rate and size exactly like a camera
+source does (decode every frame, convert only the frames due at ``--fps``, scale to ``--width``),
+then runs through the detector and the event state machine with default settings (or those of
+``--config``: a guetteur YAML — the first camera's motion/masks and the top-level events — or a
+YAML with ``motion:``, ``events:``, ``ignore_masks:``, ``privacy_masks:`` keys).
+
+Matching: a detected event matches a truth interval when they overlap in time. Precision =
+matched detections / detections; recall = matched truth intervals / truth intervals; onset error =
+detected start - truth start of the first event matching each truth interval. False alarms per
+hour are the unmatched detections divided by the quiet footage (clip length minus truth
+intervals).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import av
+import cv2
+import numpy as np
+import yaml
+
+from guetteur.config import EventsConfig, MotionConfig
+from guetteur.events import EventTracker
+from guetteur.masks import PolygonMask
+from guetteur.media import AnalyticFrame, Box
+from guetteur.motion import MotionDetector, MotionResult
+from guetteur.sources.decode import DecodePlan, FrameSampler, analytic_size, frame_to_bgr
+
+
+def analytic_frames(
+    path: str | Path, fps: float, width: int, threads: int = 0
+) -> Iterator[tuple[float, np.ndarray]]:
+    """Yield (seconds from the first frame, BGR image) at ``fps`` and ``width`` from a clip.
+
+    Uses the camera sources' own helpers (guetteur.sources.decode): every frame is decoded
+    (P-frames depend on their predecessors; non-reference frames are skipped when the plan says
+    so), only the frames the sampler picks are scaled and converted, in one swscale pass.
+    """
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        ctx = stream.codec_context
+        if threads == 1:
+            ctx.thread_count = 1
+        else:
+            stream.thread_type = "AUTO"
+        rate = float(stream.average_rate) if stream.average_rate else None
+        if DecodePlan(fps).skip_nonref(rate):
+            ctx.skip_frame = "NONREF"
+        sampler = FrameSampler(fps)
+        first: float | None = None
+        size: tuple[int, int] | None = None
+        for frame in container.decode(stream):
+            if frame.pts is None or frame.time_base is None:
+                continue
+            t = float(frame.pts * frame.time_base)
+            if first is None:
+                first = t
+            t -= first
+            if not sampler.take(t):
+                continue
+            if size is None:
+                size = analytic_size(frame.width, frame.height, width)
+            yield t, frame_to_bgr(frame, size)
+
+
+class _ContourReference:
+    """Shared tail of the reference detectors: ignore mask, dilation, contours, minimum area,
+    changed-fraction global test, warm-up. Their front end (the foreground mask) differs."""
+
+    def __init__(self, config: MotionConfig, ignore_masks: list[Any]) -> None:
+        self.config = config
+        self._ignore = PolygonMask(ignore_masks)
+        self._kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (3, 3))
+        self._frames = 0
+
+    def foreground(self, image: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def process(self, image: np.ndarray) -> MotionResult:
+        self._frames += 1
+        fg = self.foreground(image)
+        h, w = fg.shape
+        usable = self._ignore.mask(w, h) == 0
+        fg = (fg > 0) & usable
+        ratio = float(np.count_nonzero(fg)) / max(1, int(np.count_nonzero(usable)))
+        if self._frames <= self.config.warmup_frames:
+            return MotionResult(0.0, [], False, False, changed_ratio=ratio, warming_up=True)
+        if ratio > self.config.global_change_ratio:
+            return MotionResult(0.0, [], True, False, changed_ratio=ratio)
+        blobs = cv2.dilate(fg.astype(np.uint8), self._kernel, iterations=self.config.dilate)
+        contours, _ = cv2.findContours(blobs, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+        boxes, covered = [], 0.0
+        for contour in contours:
+            area = float(cv2.contourArea(contour))
+            if area >= self.config.min_area * w * h and area > 0:
+                x, y, bw, bh = cv2.boundingRect(contour)
+                boxes.append(Box(x / w, y / h, bw / w, bh / h))
+                covered += area
+        return MotionResult(covered / (w * h), boxes, False, bool(boxes), changed_ratio=ratio)
+
+
+class TextbookDetector(_ContourReference):
+    """The classic recipe with none of guetteur's suppressions: grey, blur, running average of
+    every pixel (cv2.accumulateWeighted), absolute difference, fixed threshold."""
+
+    def __init__(self, config: MotionConfig, ignore_masks: list[Any]) -> None:
+        super().__init__(config, ignore_masks)
+        self._bg: np.ndarray | None = None
+
+    def foreground(self, image: np.ndarray) -> np.ndarray:
+        gray = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)
+        k = self.config.blur | 1
+        gray = cv2.GaussianBlur(gray, (k, k), 0).astype(np.float32)
+        if self._bg is None:
+            self._bg = gray.copy()
+        fg = cv2.absdiff(gray, self._bg) > self.config.threshold
+        cv2.accumulateWeighted(gray, self._bg, self.config.background_alpha)
+        return fg
+
+
+class Mog2Detector(_ContourReference):
+    """OpenCV's Gaussian-mixture background subtractor (MOG2, shadow detection on, shadows not
+    counted as motion), a common reference."""
+
+    def __init__(self, config: MotionConfig, ignore_masks: list[Any]) -> None:
+        super().__init__(config, ignore_masks)
+        self._mog = cv2.createBackgroundSubtractorMOG2(history=100, detectShadows=True)
+
+    def foreground(self, image: np.ndarray) -> np.ndarray:
+        return self._mog.apply(image) == 255
+
+
+DETECTORS = ("guetteur", "textbook", "mog2")
+
+
+def make_detector(name: str, config: MotionConfig, ignore_masks: list[Any]) -> Any:
+    if name == "guetteur":
+        return MotionDetector(config, ignore_masks)
+    if name == "textbook":
+        return TextbookDetector(config, ignore_masks)
+    if name == "mog2":
+        return Mog2Detector(config, ignore_masks)
+    raise ValueError(f"unknown detector {name!r}: expected one of {', '.join(DETECTORS)}")
+
+
+@dataclass
+class ClipScore:
+    clip: str
+    duration_s: float
+    frames: int
+    truth: list[tuple[float, float]] | None
+    events: list[tuple[float, float]]
+    tp: int = 0
+    fp: int = 0
+    fn: int = 0
+    precision: float | None = None
+    recall: float | None = None
+    f1: float | None = None
+    onset_errors_s: list[float] = field(default_factory=list)
+    median_onset_error_s: float | None = None
+    quiet_s: float = 0.0
+    false_alarms_per_hour: float | None = None
+    global_change_frames: int = 0
+    motion_ms_per_frame: float = 0.0
+
+
+def _overlaps(a: tuple[float, float], b: tuple[float, float]) -> bool:
+    return a[0] <= b[1] and b[0] <= a[1]
+
+
+def match(
+    events: list[tuple[float, float]], truth: list[tuple[float, float]]
+) -> tuple[int, int, int, list[float]]:
+    """(tp, fp, fn, onset errors): see the module docstring for the rules."""
+    matched_events = {i for i, ev in enumerate(events) if any(_overlaps(ev, tr) for tr in truth)}
+    onsets: list[float] = []
+    found = 0
+    for tr in truth:
+        hits = [ev for ev in events if _overlaps(ev, tr)]
+        if hits:
+            found += 1
+            onsets.append(min(hits)[0] - tr[0])
+    return len(matched_events), len(events) - len(matched_events), len(truth) - found, onsets
+
+
+def _ratio(num: int, den: int) -> float | None:
+    return num / den if den else None
+
+
+def score_clip(
+    clip: str | Path,
+    truth_doc: dict[str, Any] | None,
+    fps: float = 5.0,
+    width: int = 320,
+    motion_cfg: MotionConfig | None = None,
+    events_cfg: EventsConfig | None = None,
+    ignore_masks: list[Any] | None = None,
+    privacy_masks: list[Any] | None = None,
+    detector_name: str = "guetteur",
+) -> ClipScore:
+    ignore = list(ignore_masks or []) + list((truth_doc or {}).get("ignore_masks", []))
+    privacy = PolygonMask(
+        list(privacy_masks or []) + list((truth_doc or {}).get("privacy_masks", []))
+    )
+    detector = make_detector(detector_name, motion_cfg or MotionConfig(), ignore)
+    tracker = EventTracker("bench", events_cfg or EventsConfig(), clock_synced=lambda: True)
+    intervals: list[tuple[float, float]] = []
+    open_starts: dict[str, float] = {}
+    frames = 0
+    global_frames = 0
+    motion_s = 0.0
+    last_t = 0.0
+    for t, image in analytic_frames(clip, fps, width):
+        image = privacy.blackout(image)
+        t0 = time.perf_counter()
+        result = detector.process(image)
+        motion_s += time.perf_counter() - t0
+        frames += 1
+        global_frames += result.global_change
+        last_t = t
+        frame = AnalyticFrame(camera="bench", image=image, pts_s=t, wallclock=t)
+        for upd in tracker.update(frame, result):
+            _collect(upd, open_starts, intervals)
+    for upd in tracker.flush():
+        _collect(upd, open_starts, intervals)
+    duration = last_t + 1.0 / fps if frames else 0.0
+    truth = None
+    if truth_doc is not None:
+        truth = [(float(e["start"]), float(e["end"])) for e in truth_doc.get("events", [])]
+    score = ClipScore(
+        clip=str(clip),
+        duration_s=round(duration, 3),
+        frames=frames,
+        truth=truth,
+        events=[(round(s, 3), round(e, 3)) for s, e in intervals],
+        global_change_frames=global_frames,
+        motion_ms_per_frame=round(1000 * motion_s / max(1, frames), 3),
+    )
+    if truth is not None:
+        score.tp, score.fp, score.fn, score.onset_errors_s = match(intervals, truth)
+        score.onset_errors_s = [round(x, 3) for x in score.onset_errors_s]
+        score.precision = _ratio(score.tp, score.tp + score.fp)
+        score.recall = _ratio(len(truth) - score.fn, len(truth))
+        if score.precision is not None and score.recall is not None:
+            total = score.precision + score.recall
+            score.f1 = 2 * score.precision * score.recall / total if total else 0.0
+        if score.onset_errors_s:
+            score.median_onset_error_s = statistics.median(score.onset_errors_s)
+        busy = sum(max(0.0, min(e, duration) - max(s, 0.0)) for s, e in truth)
+        score.quiet_s = round(max(0.0, duration - busy), 3)
+        if score.quiet_s > 0:
+            score.false_alarms_per_hour = round(score.fp * 3600.0 / score.quiet_s, 1)
+    return score
+
+
+def _collect(upd: Any, open_starts: dict[str, float], intervals: list[tuple[float, float]]) -> None:
+    if upd.kind == "start":
+        open_starts[upd.event_id] = upd.start_s
+    elif upd.kind == "end":
+        start = open_starts.pop(upd.event_id, upd.start_s)
+        intervals.append((start, upd.end_s if upd.end_s is not None else start))
+
+
+def load_settings(
+    path: str | None,
+) -> tuple[MotionConfig, EventsConfig, list[Any], list[Any]]:
+    if path is None:
+        return MotionConfig(), EventsConfig(), [], []
+    raw = yaml.safe_load(Path(path).read_text()) or {}
+    if not isinstance(raw, dict):
+        raise ValueError(f"{path}: expected a YAML mapping")
+    if "cameras" in raw:
+        from guetteur.config import load_config
+
+        cfg = load_config(path)
+        if not cfg.cameras:
+            raise ValueError(f"{path}: no camera to take motion settings from")
+        cam = cfg.cameras[0]
+        return cam.motion, cfg.events, list(cam.ignore_masks), list(cam.privacy_masks)
+    return (
+        MotionConfig.model_validate(raw.get("motion", {})),
+        EventsConfig.model_validate(raw.get("events", {})),
+        list(raw.get("ignore_masks", [])),
+        list(raw.get("privacy_masks", [])),
+    )
+
+
+def _fmt(x: float | None, digits: int = 2) -> str:
+    return "-" if x is None else f"{x:.{digits}f}"
+
+
+def print_table(scores: list[ClipScore]) -> None:
+    head = (
+        f"{'clip':<28} {'dur s':>6} {'truth':>5} {'found':>5} {'TP':>3} {'FP':>3} {'FN':>3} "
+        f"{'prec':>5} {'rec':>5} {'F1':>5} {'onset s':>7} {'FA/h':>6} {'glob':>4} {'ms/fr':>5}"
+    )
+    print(head)
+    print("-" * len(head))
+    for s in scores:
+        name = Path(s.clip).name[:28]
+        print(
+            f"{name:<28} {s.duration_s:>6.1f} {_fmt_int(s.truth):>5} {len(s.events):>5} "
+            f"{s.tp:>3} {s.fp:>3} {s.fn:>3} {_fmt(s.precision):>5} {_fmt(s.recall):>5} "
+            f"{_fmt(s.f1):>5} {_fmt(s.median_onset_error_s):>7} "
+            f"{_fmt(s.false_alarms_per_hour, 0):>6} {s.global_change_frames:>4} "
+            f"{s.motion_ms_per_frame:>5.2f}"
+        )
+    scored = [s for s in scores if s.truth is not None]
+    if len(scored) > 1:
+        total = summarise(scored)
+        print("-" * len(head))
+        print(
+            f"{'TOTAL':<28} {total['duration_s']:>6.1f} {total['truth']:>5} "
+            f"{total['found']:>5} {total['tp']:>3} {total['fp']:>3} {total['fn']:>3} "
+            f"{_fmt(total['precision']):>5} {_fmt(total['recall']):>5} {_fmt(total['f1']):>5} "
+            f"{_fmt(total['median_onset_error_s']):>7} "
+            f"{_fmt(total['false_alarms_per_hour'], 0):>6}"
+        )
+    for s in scores:
+        if s.truth is None:
+            print(f"\n{Path(s.clip).name}: {len(s.events)} event(s) (no truth):")
+            for start, end in s.events:
+                print(f"  {start:8.2f} s .. {end:8.2f} s  ({end - start:.1f} s)")
+
+
+def _fmt_int(truth: list[tuple[float, float]] | None) -> str:
+    return "-" if truth is None else str(len(truth))
+
+
+def summarise(scores: list[ClipScore]) -> dict[str, Any]:
+    tp = sum(s.tp for s in scores)
+    fp = sum(s.fp for s in scores)
+    fn = sum(s.fn for s in scores)
+    n_truth = sum(len(s.truth or []) for s in scores)
+    precision = _ratio(tp, tp + fp)
+    recall = _ratio(n_truth - fn, n_truth)
+    f1 = None
+    if precision is not None and recall is not None:
+        f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    onsets = [x for s in scores for x in s.onset_errors_s]
+    quiet = sum(s.quiet_s for s in scores)
+    return {
+        "duration_s": sum(s.duration_s for s in scores),
+        "truth": n_truth,
+        "found": sum(len(s.events) for s in scores),
+        "tp": tp,
+        "fp": fp,
+        "fn": fn,
+        "precision": precision,
+        "recall": recall,
+        "f1": f1,
+        "median_onset_error_s": statistics.median(onsets) if onsets else None,
+        "quiet_s": quiet,
+        "false_alarms_per_hour": round(fp * 3600.0 / quiet, 1) if quiet else None,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    parser.add_argument("clip", nargs="?", help="video file (MP4, MKV...)")
+    parser.add_argument("truth", nargs="?", help="ground truth JSON (optional)")
+    parser.add_argument("--dir", help="score every *.mp4 of this folder against its *.json")
+    parser.add_argument("--fps", type=float, default=5.0, help="analytic rate (default 5)")
+    parser.add_argument("--width", type=int, default=320, help="analytic width (default 320)")
+    parser.add_argument("--config", help="YAML with motion/events settings (see module doc)")
+    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    parser.add_argument(
+        "--detector",
+        choices=[*DETECTORS, "all"],
+        default="guetteur",
+        help="guetteur's detector (default), a reference (textbook running average, OpenCV "
+        "MOG2), or all three in one run",
+    )
+    args = parser.parse_args(argv)
+    if not args.dir and not args.clip:
+        parser.error("give CLIP [TRUTH.json] or --dir DIR")
+    try:
+        motion_cfg, events_cfg, ignore, privacy = load_settings(args.config)
+        jobs: list[tuple[Path, dict[str, Any] | None]] = []
+        if args.dir:
+            for clip in sorted(Path(args.dir).glob("*.mp4")):
+                truth_path = clip.with_suffix(".json")
+                jobs.append((clip, _load_truth(truth_path) if truth_path.exists() else None))
+            if not jobs:
+                raise ValueError(f"{args.dir}: no .mp4 clip found")
+        else:
+            jobs.append((Path(args.clip), _load_truth(Path(args.truth)) if args.truth else None))
+        names = list(DETECTORS) if args.detector == "all" else [args.detector]
+        runs = {
+            name: [
+                score_clip(
+                    clip, truth, args.fps, args.width, motion_cfg, events_cfg, ignore, privacy, name
+                )
+                for clip, truth in jobs
+            ]
+            for name in names
+        }
+    except (OSError, ValueError, av.FFmpegError) as exc:
+        print(f"motion_accuracy: {exc}", file=sys.stderr)
+        return 2
+    if args.json:
+        out: dict[str, Any] = {}
+        for name, scores in runs.items():
+            doc: dict[str, Any] = {"clips": [asdict(s) for s in scores]}
+            scored = [s for s in scores if s.truth is not None]
+            if scored:
+                doc["total"] = summarise(scored)
+            out[name] = doc
+        print(json.dumps(out[names[0]] if len(names) == 1 else out, indent=2))
+        return 0
+    for name, scores in runs.items():
+        print(
+            f"\n== {name}: analytic {args.fps:g} fps, {args.width} px wide; "
+            f"settings: {args.config or 'defaults'}"
+        )
+        print_table(scores)
+    if len(runs) > 1 and any(s.truth is not None for s in runs[names[0]]):
+        print("\n== comparison (all clips with truth)")
+        print(
+            f"{'detector':<10} {'TP':>4} {'FP':>4} {'FN':>4} {'prec':>5} {'rec':>5} {'F1':>5} "
+            f"{'onset s':>7} {'FA/h':>6}"
+        )
+        for name, scores in runs.items():
+            scored = [s for s in scores if s.truth is not None]
+            if not scored:
+                continue
+            t = summarise(scored)
+            print(
+                f"{name:<10} {t['tp']:>4} {t['fp']:>4} {t['fn']:>4} {_fmt(t['precision']):>5} "
+                f"{_fmt(t['recall']):>5} {_fmt(t['f1']):>5} "
+                f"{_fmt(t['median_onset_error_s']):>7} {_fmt(t['false_alarms_per_hour'], 0):>6}"
+            )
+    return 0
+
+
+def _load_truth(path: Path) -> dict[str, Any]:
+    try:
+        doc = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path}: not valid JSON ({exc})") from None
+    if not isinstance(doc, dict) or not isinstance(doc.get("events", []), list):
+        raise ValueError(f'{path}: expected {{"events": [{{"start": S, "end": E}}, ...]}}')
+    for i, ev in enumerate(doc.get("events", [])):
+        if not isinstance(ev, dict) or not {"start", "end"} <= set(ev):
+            raise ValueError(f"{path}: events[{i}]: expected {{'start': S, 'end': E}} in seconds")
+        if float(ev["end"]) < float(ev["start"]):
+            raise ValueError(f"{path}: events[{i}]: end is before start")
+    return doc
+
+
+if __name__ == "__main__":
+    sys.exit(main())

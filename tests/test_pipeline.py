@@ -1,0 +1,121 @@
+"""End to end: RTSP camera → decode → motion → event with snapshot → real Mosquitto → centre.
+
+Three cameras on one gateway at once: a person walks across one from t=5 s to t=8 s, the other has
+a global lighting step, the third is unreachable. The first yields exactly one event starting
+within 0.5 s of t=5 s, the second none, the third says why in its retained status while the
+others keep working.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as mqtt
+
+from guetteur import protocol
+from guetteur.centre.client import CentreClient
+from guetteur.config import validate_config
+from guetteur.gateway import Gateway
+from guetteur.media import EncodedPacket
+from guetteur.mqttutil import user_properties
+from guetteur.timeutil import parse_iso
+from tests.fixtures.broker import MosquittoBroker, free_port
+from tests.fixtures.media import MediaFactory
+from tests.fixtures.rtsp import RtspServerFactory
+
+RUN_S = 14.0
+
+
+def test_motion_event_from_rtsp_camera_reaches_the_centre(
+    broker: MosquittoBroker, rtsp_server: RtspServerFactory, media: MediaFactory, tmp_path: Path
+) -> None:
+    walk = media.scenario_clip("walk", width=640, height=360, fps=25, start=5, end=8, duration=16)
+    lighting = media.scenario_clip("lighting", width=640, height=360, fps=25, duration=16)
+    walk_cam = rtsp_server(walk, loop=False)
+    light_cam = rtsp_server(lighting, loop=False)
+    dead_port = free_port()
+    config = validate_config(
+        {
+            "gateway_id": "gw-test",
+            "data_dir": str(tmp_path / "data"),
+            "mqtt": {"url": broker.url},
+            "outbox": {"enabled": False},
+            "recording": {"enabled": False},
+            "cameras": [
+                {"id": "walk", "url": walk_cam.url},
+                {"id": "light", "url": light_cam.url},
+                {"id": "dead", "url": f"rtsp://127.0.0.1:{dead_port}/cam", "open_timeout_s": 1},
+            ],
+        }
+    )
+    events: list[dict[str, Any]] = []
+    snapshots: list[tuple[str, int, str | None]] = []
+    statuses: dict[str, dict[str, Any]] = {}
+    lock = threading.Lock()
+
+    def on_event(msg: mqtt.MQTTMessage) -> None:
+        with lock:
+            events.append(protocol.loads(bytes(msg.payload)))
+
+    def on_snapshot(msg: mqtt.MQTTMessage) -> None:
+        with lock:
+            snapshots.append(
+                (
+                    user_properties(msg).get("event_id", ""),
+                    len(msg.payload),
+                    getattr(msg.properties, "ContentType", None),
+                )
+            )
+
+    def on_status(msg: mqtt.MQTTMessage) -> None:
+        with lock:
+            statuses[msg.topic.split("/")[-2]] = json.loads(msg.payload)
+
+    first_packet: dict[str, float] = {}
+
+    def first(camera: str) -> Any:
+        def consume(packet: EncodedPacket) -> None:
+            first_packet.setdefault(camera, packet.wallclock - packet.pts_s)
+
+        return consume
+
+    with CentreClient(broker.url, client_id="test-centre") as centre:
+        centre.subscribe("guetteur/v1/gw-test/cam/+/event", on_event)
+        centre.subscribe("guetteur/v1/gw-test/cam/+/snapshot", on_snapshot)
+        centre.subscribe("guetteur/v1/gw-test/cam/+/status", on_status)
+        gateway = Gateway(config)
+        for cam in ("walk", "light"):
+            gateway.workers[cam].packet_consumers.append(first(cam))
+        gateway.start()
+        try:
+            time.sleep(RUN_S)
+            states = {cid: w.status.state for cid, w in gateway.workers.items()}
+        finally:
+            gateway.stop()
+        time.sleep(0.5)
+
+    with lock:
+        walk_events = [e for e in events if e["camera"] == "walk"]
+        light_events = [e for e in events if e["camera"] == "light"]
+    starts = [e for e in walk_events if e["type"] == "start"]
+    assert len(starts) == 1, walk_events
+    assert len({e["event_id"] for e in walk_events}) == 1
+    onset = parse_iso(starts[0]["start"]) - first_packet["walk"]
+    assert abs(onset - 5.0) <= 0.5, f"event started {onset:.2f} s into the stream"
+    assert [e["type"] for e in walk_events][-1] == "end"
+    assert light_events == [], light_events
+    # the snapshot of the event, as a JPEG with its event id
+    assert any(
+        eid == starts[0]["event_id"] and size > 1000 and ctype == "image/jpeg"
+        for eid, size, ctype in snapshots
+    ), snapshots
+    # the unreachable camera says why; the others streamed meanwhile
+    assert states == {"walk": "streaming", "light": "streaming", "dead": "reconnecting"}
+    dead = statuses["dead"]
+    assert dead["connected"] is False and dead["last_error"], dead
+    assert str(dead_port) in dead["last_error"]
+    assert statuses["walk"]["codec"] == "h264" and statuses["walk"]["resolution"] == "640x360"
