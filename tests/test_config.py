@@ -178,3 +178,13 @@ def test_config_reference_lists_every_key() -> None:
     # every row has a description
     rows = [line for line in text.splitlines() if line.startswith("| `")]
     assert rows and all(not line.rstrip().endswith("|  |") for line in rows)
+
+
+def test_committed_config_reference_is_current() -> None:
+    from guetteur.configdoc import config_reference
+
+    committed = Path(__file__).resolve().parents[1] / "docs" / "config-reference.md"
+    assert committed.read_text() == config_reference(), (
+        "docs/config-reference.md is stale: regenerate it with "
+        "`.venv/bin/guetteur config reference > docs/config-reference.md`"
+    )
