@@ -187,8 +187,8 @@ def main() -> int:
     parser.add_argument(
         "--nodelay",
         action="store_true",
-        help="TCP_NODELAY on the agent's and centre's MQTT sockets and set_tcp_nodelay "
-        "true in the broker config (paho and Mosquitto leave Nagle on by default)",
+        help="set_tcp_nodelay true in the broker config (Mosquitto leaves Nagle on by default; "
+        "the agent's and centre's clients always set TCP_NODELAY, see mqttutil.new_client)",
     )
     args = parser.parse_args()
     global NODELAY
@@ -216,12 +216,6 @@ def main() -> int:
             raise SystemExit("the agent's link did not connect")
         clock = FrameClock(camera_end)
         centre = CentreClient(url).connect()
-        if NODELAY:
-            # paho leaves Nagle on: a small PUBLISH written while the previous PUBACK is
-            # unacknowledged waits for the peer's delayed ACK (~40 ms on Linux)
-            for sock in (centre.paho.socket(), link._client.socket()):
-                if isinstance(sock, socket.socket):
-                    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         to_bytes: list[float] = []
         round_trip: list[float] = []
         try:
@@ -261,7 +255,8 @@ def main() -> int:
 
     print(
         f"PTZ latency over loopback, {args.n} goto_preset commands (Pelco-D, pty pair), "
-        f"TCP_NODELAY {'on (clients and broker)' if NODELAY else 'off (paho/Mosquitto defaults)'}"
+        f"TCP_NODELAY on the clients, {'and' if NODELAY else 'not'} on the broker "
+        f"(set_tcp_nodelay {'true' if NODELAY else 'false, its default'})"
     )
     print(summary("MQTT command -> bytes on serial", to_bytes))
     print(summary("MQTT command -> reply at centre", round_trip))
