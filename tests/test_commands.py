@@ -60,7 +60,7 @@ def test_ok_reply_and_audit() -> None:
 
 
 def test_bad_inputs_get_codes_and_sentences() -> None:
-    d, sink = make()
+    d, _ = make()
     cases = {
         b"not json": "bad_request",
         b"[1,2]": "bad_request",

@@ -85,7 +85,7 @@ def test_required_label_gates_the_event() -> None:
     assert out == []
     # motion and a person at 6.4 s: an event starting at the run's first motion frame
     out = run(tracker, [(6, 9, True), (9, 12, False)], {6.4: [Det("person", 0.7)]})
-    assert [u.kind for u in out][0] == "start"
+    assert out[0].kind == "start"
     assert out[0].start_s == 6.0
     assert out[0].labels == {"person": 0.7}
 

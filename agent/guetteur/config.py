@@ -412,9 +412,13 @@ class OutboxConfig(_Model):
         description="Size cap of the outbox; when full, the oldest clips go first, events never",
     )
     retry_s: float = Field(
-        10.0, gt=0, description="Resend an unacknowledged item after this long (then with backoff, up to 8x)"
+        10.0,
+        gt=0,
+        description="Resend an unacknowledged item after this long (then with backoff, up to 8x)",
     )
-    inflight: int = Field(256, ge=1, description="Most unacknowledged items in flight at once (and at most 8 MiB)")
+    inflight: int = Field(
+        256, ge=1, description="Most unacknowledged items in flight at once (and at most 8 MiB)"
+    )
     drain_bytes_per_s: int | None = Field(
         None, ge=1, description="Bandwidth cap of the backlog drain, bytes per second"
     )

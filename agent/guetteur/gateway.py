@@ -42,6 +42,7 @@ from guetteur.live import LiveHub, LiveService
 from guetteur.masks import PolygonMask
 from guetteur.media import AnalyticFrame, EncodedPacket
 from guetteur.motion import MotionDetector
+from guetteur.outbox import Outbox
 from guetteur.ptz.service import PtzService
 from guetteur.publish import OutboundItem, Priority, Publisher
 from guetteur.recorder import Recorder
@@ -260,7 +261,10 @@ class Gateway:
         self.data_dir = Path(config.data_dir)
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.link = Link(config.mqtt, config.gateway_id)
-        self.publisher: Publisher = DirectPublisher(self.link)
+        self.outbox: Outbox | None = None
+        if config.outbox.enabled:  # durable: items leave only when the centre acknowledges them
+            self.outbox = Outbox(config.outbox, self.data_dir, self.link, config.gateway_id)
+        self.publisher: Publisher = self.outbox or DirectPublisher(self.link)
         self.audit = AuditTrail(self.publisher, config.gateway_id)
         self.dispatcher = CommandDispatcher(self.audit)
         self.link.dispatcher = self.dispatcher
@@ -318,6 +322,8 @@ class Gateway:
             __version__,
         )
         self.live.start()
+        if self.outbox is not None:
+            self.outbox.start()
         self.link.start()
         self.ptz.start()
         for worker in self.workers.values():
@@ -341,6 +347,8 @@ class Gateway:
                 closing.close()
         if self.recorder is not None:
             self.recorder.close()
+        if self.outbox is not None:
+            self.outbox.close()
         self.link.stop(farewell)
         log.info("gateway %s: stopped", self.config.gateway_id)
 
@@ -443,6 +451,7 @@ class Gateway:
             "cameras": {cid: w.status.state for cid, w in self.workers.items()},
             "disk": {"free_bytes": disk.free, "total_bytes": disk.total},
             "recording": self.recorder.status() if self.recorder is not None else None,
+            "outbox": self.outbox.depth() if self.outbox is not None else None,
             "warnings": self.warnings(),
         }
 
@@ -450,6 +459,8 @@ class Gateway:
         found = list(self._warnings)
         if self.recorder is not None:
             found += self.recorder.warnings()
+        if self.outbox is not None:
+            found += self.outbox.warnings()
         return found
 
     def publish_status(self) -> None:

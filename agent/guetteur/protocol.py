@@ -166,3 +166,104 @@ def reply_ok(request_id: str | None, **fields: Any) -> dict[str, Any]:
 
 def reply_error(request_id: str | None, code: str, message: str) -> dict[str, Any]:
     return {"ok": False, "id": request_id, "error": {"code": code, "message": message}}
+
+
+# -- end-to-end acknowledgements and clip upload (outbox ↔ centre receiver) ---------------------
+
+# MQTT 5 user properties carried by every item the outbox publishes.
+PROP_ITEM_ID = "item_id"  # the id the centre acknowledges and de-duplicates by
+PROP_EPOCH = "epoch"  # id of the gateway's outbox database (changes if it is ever recreated)
+PROP_CSEQ = "cseq"  # per-camera sequence number of events within one epoch: 1, 2, 3...
+
+CLIP_MANIFEST_PART = "manifest"  # clip/{clip_id}/manifest, then clip/{clip_id}/0..count-1
+MAX_ACK_IDS = 10000  # most ids one ack message may carry
+
+
+def clip_manifest_item_id(clip_id: str) -> str:
+    return f"clip:{clip_id}:{CLIP_MANIFEST_PART}"
+
+
+def clip_chunk_item_id(clip_id: str, n: int) -> str:
+    return f"clip:{clip_id}:{n}"
+
+
+def parse_clip_item_id(item_id: str) -> tuple[str, int | None] | None:
+    """``clip:{id}:manifest`` → (id, None); ``clip:{id}:{n}`` → (id, n); anything else → None."""
+    parts = item_id.split(":")
+    if len(parts) != 3 or parts[0] != "clip" or not valid_id(parts[1]):
+        return None
+    if parts[2] == CLIP_MANIFEST_PART:
+        return parts[1], None
+    if parts[2].isdigit():
+        return parts[1], int(parts[2])
+    return None
+
+
+def ack_message(ids: list[str], resend: list[str] | None = None, resync: bool = False) -> bytes:
+    """The centre's acknowledgement on ``{root}/{gw}/ack``: ``ids`` are stored for good and may
+    leave the gateway's outbox; ``resend`` are ids the centre wants again (lost or corrupt);
+    ``resync`` asks the gateway to send again, now, everything not yet acknowledged (a receiver
+    that has just (re)connected: what was published while no receiver listened may be lost)."""
+    body: dict[str, Any] = {"ids": ids}
+    if resend:
+        body["resend"] = resend
+    if resync:
+        body["resync"] = True
+    return dumps(body)
+
+
+@dataclass(frozen=True)
+class Ack:
+    ids: list[str]
+    resend: list[str]
+    resync: bool
+
+
+def parse_ack(payload: bytes | str) -> Ack:
+    """An ack message; raises MessageError with a sentence when malformed."""
+    data = loads(payload)
+    if "ids" not in data:
+        raise MessageError('ack has no "ids" list')
+    out: list[list[str]] = []
+    for key in ("ids", "resend"):
+        value = data.get(key, [])
+        if not isinstance(value, list) or not all(isinstance(i, str) for i in value):
+            raise MessageError(f'ack "{key}" must be a list of strings')
+        if len(value) > MAX_ACK_IDS:
+            raise MessageError(f'ack "{key}" has {len(value)} ids (at most {MAX_ACK_IDS})')
+        out.append(value)
+    resync = data.get("resync", False)
+    if not isinstance(resync, bool):
+        raise MessageError('ack "resync" must be true or false')
+    return Ack(out[0], out[1], resync)
+
+
+MANIFEST_FIELDS = ("clip_id", "camera", "size", "sha256", "chunk_size", "count")
+
+
+def parse_clip_manifest(payload: bytes | str) -> dict[str, Any]:
+    """A clip manifest, checked for consistency; raises MessageError with a sentence."""
+    data = loads(payload)
+    missing = [f for f in MANIFEST_FIELDS if f not in data]
+    if missing:
+        raise MessageError(f"clip manifest lacks {', '.join(missing)}")
+    clip_id, size, chunk, count = data["clip_id"], data["size"], data["chunk_size"], data["count"]
+    if not isinstance(clip_id, str) or not valid_id(clip_id):
+        raise MessageError(f"clip manifest has an invalid clip_id {clip_id!r}")
+    if not all(isinstance(x, int) and not isinstance(x, bool) for x in (size, chunk, count)):
+        raise MessageError("clip manifest size, chunk_size and count must be integers")
+    if size < 0 or chunk <= 0 or count != (size + chunk - 1) // chunk:
+        raise MessageError(
+            f"clip manifest is inconsistent: size {size}, chunk_size {chunk}, count {count}"
+        )
+    sha = data["sha256"]
+    if not isinstance(sha, str) or not re.fullmatch(r"[0-9a-f]{64}", sha):
+        raise MessageError("clip manifest sha256 must be 64 lowercase hex digits")
+    chunk_sha = data.get("chunk_sha256")
+    if chunk_sha is not None and (
+        not isinstance(chunk_sha, list)
+        or len(chunk_sha) != count
+        or not all(isinstance(h, str) and re.fullmatch(r"[0-9a-f]{64}", h) for h in chunk_sha)
+    ):
+        raise MessageError("clip manifest chunk_sha256 must list one sha256 per chunk")
+    return data
