@@ -1,0 +1,173 @@
+"""The whole gateway as shipped, end to end on a real Mosquitto: camera → motion event → outbox →
+centre receiver (event, snapshot and the event's clip cut from the ring buffer, sha256 verified),
+an export requested over MQTT, and `guetteur run` stopping cleanly on SIGTERM."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import av
+import yaml
+
+from guetteur import protocol
+from guetteur.centre.client import CentreClient
+from guetteur.centre.receiver import Receiver
+from guetteur.config import validate_config
+from guetteur.gateway import Gateway
+from guetteur.timeutil import iso_ms, parse_iso
+from tests.fixtures.broker import MosquittoBroker
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.2)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+def query(db: Path, sql: str, *args: object) -> list[tuple[Any, ...]]:
+    if not db.exists():
+        return []
+    with sqlite3.connect(db) as conn:
+        return list(conn.execute(sql, args))
+
+
+def clip_seconds(path: Path) -> tuple[float, int]:
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        frames = [f.time for f in container.decode(stream) if f.time is not None]
+    return (max(frames) - min(frames), len(frames))
+
+
+def test_event_snapshot_clip_and_export_reach_the_centre_receiver(
+    broker: MosquittoBroker, tmp_path: Path
+) -> None:
+    config = validate_config(
+        {
+            "gateway_id": "gw-e2e",
+            "data_dir": str(tmp_path / "gateway"),
+            "mqtt": {"url": broker.url},
+            "cameras": [{"id": "street", "url": "test:walk?start=3&end=5&duration=60&gop=1"}],
+            "recording": {"segment_s": 2},
+            "events": {"pre_roll_s": 1, "post_roll_s": 1, "end_quiet_s": 1.5},
+        }
+    )
+    receiver = Receiver(broker.url, tmp_path / "centre", client_id="centre-e2e")
+    receiver.start()
+    gateway = Gateway(config)
+    gateway.start()
+    db = tmp_path / "centre" / "receiver.db"
+    try:
+        ended = wait_for(
+            lambda: query(db, "SELECT event_id, message FROM events WHERE type='end'"),
+            30,
+            "the event's end at the receiver",
+        )
+        event_id, message = ended[0]
+        end_msg = json.loads(message)
+        clip = wait_for(
+            lambda: query(
+                db,
+                "SELECT path, sha256, size FROM clips WHERE event_id=? AND state='complete'",
+                event_id,
+            ),
+            30,
+            "the event's clip at the receiver",
+        )
+        snaps = query(db, "SELECT bytes FROM snapshots WHERE event_id=?", event_id)
+        # export a range that was recorded, through the MQTT command
+        with CentreClient(broker.url, client_id="centre-export") as centre:
+            start = parse_iso(end_msg["start"])
+            reply = centre.request(
+                "gw-e2e",
+                "export",
+                {"camera": "street", "from": iso_ms(start - 1), "to": iso_ms(start + 2)},
+            )
+            bad = centre.request(
+                "gw-e2e",
+                "export",
+                {"camera": "../etc", "from": iso_ms(start - 1), "to": iso_ms(start + 2)},
+            )
+        assert reply["ok"], reply
+        exported = wait_for(
+            lambda: query(
+                db, "SELECT path FROM clips WHERE clip_id=? AND state='complete'", reply["clip_id"]
+            ),
+            30,
+            "the exported clip at the receiver",
+        )
+    finally:
+        gateway.stop()
+        receiver.stop()
+
+    path, sha256, size = clip[0]
+    clip_path = Path(path) if Path(path).is_absolute() else tmp_path / "centre" / path
+    assert clip_path.stat().st_size == size
+    import hashlib
+
+    assert hashlib.sha256(clip_path.read_bytes()).hexdigest() == sha256
+    duration, frames = clip_seconds(clip_path)
+    event_s = parse_iso(end_msg["end"]) - parse_iso(end_msg["start"])
+    # pre-roll + event + post-roll, cut at keyframes (1 s GOP here)
+    assert duration >= 1 + event_s + 1 - 1.0 - 0.1, (duration, event_s)
+    assert frames > 25
+    assert snaps and snaps[0][0] > 1000
+    assert bad["ok"] is False and bad["error"]["code"] == "bad_request"
+    export_path = Path(exported[0][0])
+    export_path = export_path if export_path.is_absolute() else tmp_path / "centre" / export_path
+    assert clip_seconds(export_path)[0] >= 2.0
+
+
+def test_run_stops_cleanly_on_sigterm(broker: MosquittoBroker, tmp_path: Path) -> None:
+    cfg = tmp_path / "guetteur.yaml"
+    cfg.write_text(
+        yaml.safe_dump(
+            {
+                "gateway_id": "gw-run",
+                "data_dir": str(tmp_path / "data"),
+                "mqtt": {"url": broker.url},
+                "cameras": [{"id": "cam", "url": "test:quiet"}],
+            }
+        )
+    )
+    statuses: list[dict[str, Any]] = []
+    with CentreClient(broker.url) as centre:
+        centre.subscribe(
+            "guetteur/v1/gw-run/status", lambda m: statuses.append(protocol.loads(bytes(m.payload)))
+        )
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "guetteur", "run", "-c", str(cfg)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+        try:
+            wait_for(
+                lambda: any(s.get("state") == "online" for s in statuses),
+                30,
+                "the agent's online status",
+            )
+            t0 = time.monotonic()
+            proc.send_signal(signal.SIGTERM)
+            code = proc.wait(10)
+            took = time.monotonic() - t0
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+        wait_for(lambda: statuses[-1].get("state") == "offline", 5, "the offline status")
+    output = proc.stdout.read().decode() if proc.stdout else ""
+    assert code == 0, output
+    assert took < 5.0, f"stopped in {took:.1f} s"
+    assert statuses[-1]["reason"] == "stopped"
