@@ -97,7 +97,7 @@ def run_doctor(config: Path, *extra: str) -> int:
             "-c",
             str(config),
             "--timeout",
-            "4",
+            "10",  # generous: a loaded CI box can take seconds to open RTSP; the dead port fails fast
             "--write-mb",
             "8",
             "--board",
@@ -163,7 +163,7 @@ def test_doctor_passes_then_reports_unreachable_camera(
     assert report["ok"] is False
     verdicts = {(c["check"], c["subject"]): c["verdict"] for c in report["checks"]}
     assert verdicts[("camera", "cam2")] == "FAIL"
-    assert verdicts[("camera", "cam1")] == "PASS"
+    assert verdicts[("camera", "cam1")] == "PASS", report["checks"]
 
 
 def test_doctor_fails_expired_broker_certificate_and_dead_broker(
