@@ -19,9 +19,11 @@ HARDENED = [
     "guetteur-rearm.service",
 ]
 
-pytestmark = pytest.mark.skipif(
-    shutil.which("systemd-analyze") is None, reason="systemd-analyze is not installed"
-)
+
+@pytest.fixture(autouse=True)
+def _systemd_analyze() -> None:
+    if shutil.which("systemd-analyze") is None:
+        pytest.fail("systemd-analyze is not installed: run `make setup` (scripts/setup-system)")
 
 
 def unit_settings(path: Path) -> dict[str, list[str]]:
