@@ -168,7 +168,7 @@ def main() -> int:
         service.register(dispatcher)
         service.start()
         link.start()
-        if not link.wait_connected(5):
+        if not link.wait_subscribed(5):
             raise SystemExit("gateway link did not connect")
         sink = HubSink(hub)
         threading.Thread(target=open_source(cam).run, args=(sink, stop), daemon=True).start()

@@ -212,7 +212,7 @@ def main() -> int:
         service.register(dispatcher)
         service.start()
         link.start()
-        if not link.wait_connected(10):
+        if not link.wait_subscribed(10):
             raise SystemExit("the agent's link did not connect")
         clock = FrameClock(camera_end)
         centre = CentreClient(url).connect()

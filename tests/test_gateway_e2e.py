@@ -171,3 +171,77 @@ def test_run_stops_cleanly_on_sigterm(broker: MosquittoBroker, tmp_path: Path) -
     assert code == 0, output
     assert took < 5.0, f"stopped in {took:.1f} s"
     assert statuses[-1]["reason"] == "stopped"
+
+
+def test_malformed_commands_get_codes_and_the_gateway_carries_on(
+    broker: MosquittoBroker, tmp_path: Path
+) -> None:
+    import threading
+    import uuid
+
+    from guetteur.mqttutil import publish_properties
+
+    config = validate_config(
+        {
+            "gateway_id": "gw-bad",
+            "data_dir": str(tmp_path / "gateway"),
+            "mqtt": {"url": broker.url},
+            "recording": {"enabled": False},
+            "cameras": [{"id": "cam", "url": "test:quiet"}],
+        }
+    )
+    gateway = Gateway(config)
+    gateway.start()
+    replies: dict[bytes, dict[str, Any]] = {}
+    got = threading.Event()
+    try:
+        with CentreClient(broker.url, client_id="centre-bad") as centre:
+            reply_topic = "guetteur/v1/_reply/centre-bad-raw"
+
+            def on_reply(msg: Any) -> None:
+                replies[bytes(msg.properties.CorrelationData)] = protocol.loads(bytes(msg.payload))
+                got.set()
+
+            centre.subscribe(reply_topic, on_reply)
+            assert gateway.link.wait_subscribed(10)
+            raw = {
+                b"\x00\xff garbage": "cmd/ptz",
+                b'{"v":1,"camera":"cam","action":"spin"}': "cmd/ptz",
+                b'{"v":1,"camera":"nope"}': "cmd/snapshot",
+                b"{}": "cmd/self-destruct",
+                b'{"v":1,"session":"../../etc"}': "cmd/live.renew",
+            }
+            sent: dict[bytes, bytes] = {}
+            for payload, sub in raw.items():
+                corr = uuid.uuid4().bytes
+                sent[corr] = payload
+                props = publish_properties(
+                    "application/json", {"client_id": "centre-bad"}, reply_topic, corr
+                )
+                centre.paho.publish(f"guetteur/v1/gw-bad/{sub}", payload, qos=1, properties=props)
+            # garbage where the centre's acknowledgements go: logged and ignored
+            centre.paho.publish("guetteur/v1/gw-bad/ack", b"\x00not an ack", qos=1)
+            try:
+                wait_for(lambda: len(replies) == len(raw), 15, "one reply per command")
+            except AssertionError:
+                raise AssertionError({sent[c]: r for c, r in replies.items()}) from None
+            codes = {sent[c]: r["error"]["code"] for c, r in replies.items() if not r["ok"]}
+            assert codes == {
+                b"\x00\xff garbage": "bad_request",
+                b'{"v":1,"camera":"cam","action":"spin"}': "bad_request",
+                b'{"v":1,"camera":"nope"}': "unknown_camera",
+                b"{}": "unknown_verb",
+                b'{"v":1,"session":"../../etc"}': "unknown_session",
+            }
+            assert all(len(r["error"]["message"]) > 10 for r in replies.values())
+            # and it still works
+            status = centre.request("gw-bad", "status", {})
+            assert status["ok"] and status["gateway"]["gateway"] == "gw-bad"
+            snap = wait_for(
+                lambda: (r := centre.request("gw-bad", "snapshot", {"camera": "cam"}))["ok"] and r,
+                15,
+                "a snapshot from the test camera",
+            )
+            assert snap["bytes"] > 1000
+    finally:
+        gateway.stop()

@@ -88,5 +88,6 @@ def test_logging_stderr_outside_systemd_and_faulthandler() -> None:
 
 def test_logging_journal_handler_under_systemd() -> None:
     from systemd import journal  # the dev extra installs systemd-python
+
     handler = logsetup.make_handler(env={"INVOCATION_ID": "abc", "JOURNAL_STREAM": "8:1234"})
     assert isinstance(handler, journal.JournalHandler)

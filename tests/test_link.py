@@ -48,7 +48,7 @@ def test_commands_reach_a_gateway_that_was_away_thanks_to_its_persistent_session
 ) -> None:
     link, seen = make_link(broker.url)
     link.start()
-    assert link.wait_connected(10)
+    assert link.wait_subscribed(10)
     assert not link.session_present  # first time: a new session
     time.sleep(0.2)
     link.stop()

@@ -306,7 +306,7 @@ def gateway(broker: MosquittoBroker) -> Iterator[Callable[..., Gateway]]:
         service.register(dispatcher)
         service.start()
         link.start()
-        assert link.wait_connected(5), "gateway link did not connect to the test broker"
+        assert link.wait_subscribed(5), "gateway link did not connect to the test broker"
         stop = threading.Event()
         threads = []
         feeds = feeds if feeds is not None else {c.id: c.id for c in cameras}

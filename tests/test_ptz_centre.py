@@ -43,7 +43,7 @@ def agent(broker: MosquittoBroker, pty_pair: PtyPair) -> Iterator[PtyPair]:
     service.register(dispatcher)
     service.start()
     link.start()
-    assert link.wait_connected(10)
+    assert link.wait_subscribed(10)
     yield pty_pair
     service.close()
     link.stop()

@@ -54,6 +54,9 @@ class Link:
         self.client_id = config.client_id or f"guetteur-{gateway_id}"
         self._client = new_client(self.client_id)
         self._connected = threading.Event()
+        self._subscribed = threading.Event()
+        self._pending_subs: set[int] = set()
+        self._sub_lock = threading.Lock()
         self._subscriptions: dict[str, tuple[int, MessageCallback]] = {}
         self._connect_listeners: list[Callable[[], None]] = []
         self._disconnect_listeners: list[Callable[[], None]] = []
@@ -96,6 +99,7 @@ class Link:
         # outbox bounds what it hands over with its own in-flight window)
         c.max_inflight_messages_set(100)
         c.on_connect = self._on_connect
+        c.on_subscribe = self._on_subscribe
         c.on_disconnect = self._on_disconnect
         c.on_message = self._on_message
         self.subscribe(self.topics.command_filter, self._on_command, qos=1)
@@ -160,6 +164,11 @@ class Link:
     @property
     def last_error(self) -> str | None:
         return self._last_error
+
+    def wait_subscribed(self, timeout: float) -> bool:
+        """Connected and every subscription (commands, acks) acknowledged by the broker: from
+        then on, a command the centre sends reaches this gateway."""
+        return self._connected.wait(timeout) and self._subscribed.wait(timeout)
 
     def wait_connected(self, timeout: float) -> bool:
         return self._connected.wait(timeout)
@@ -242,8 +251,15 @@ class Link:
         self._last_error = None
         self.session_present = bool(getattr(flags, "session_present", False))
         self.connects += 1
-        for topic, (qos, _cb) in self._subscriptions.items():
-            client.subscribe(topic, qos=qos)
+        with self._sub_lock:
+            self._subscribed.clear()
+            self._pending_subs.clear()
+            for topic, (qos, _cb) in self._subscriptions.items():
+                _rc, mid = client.subscribe(topic, qos=qos)
+                if mid is not None:
+                    self._pending_subs.add(mid)
+            if not self._pending_subs:
+                self._subscribed.set()
         self._connected.set()
         log.info("link: connected to %s:%d", self._address.host, self._address.port)
         for listener in list(self._connect_listeners):
@@ -251,6 +267,14 @@ class Link:
                 listener()
             except Exception:
                 log.exception("link: connect listener failed")
+
+    def _on_subscribe(
+        self, _client: mqtt.Client, _userdata: Any, mid: int, _codes: Any, _props: Any
+    ) -> None:
+        with self._sub_lock:
+            self._pending_subs.discard(mid)
+            if not self._pending_subs:
+                self._subscribed.set()
 
     def _on_disconnect(
         self,
