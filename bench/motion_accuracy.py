@@ -3,6 +3,7 @@
 
     bench/motion_accuracy.py CLIP [TRUTH.json] [--fps 5] [--width 320] [--config cam.yaml] [--json]
     bench/motion_accuracy.py --dir DIR          # every DIR/*.mp4 with its DIR/*.json beside it
+    bench/motion_accuracy.py CLIP --frames      # also one line per analysed frame (diagnosis)
 
 TRUTH.json: ``{"events": [{"start": 5.0, "end": 8.0}, ...], "ignore_masks": [...]}`` (seconds
 from the clip's start; ``ignore_masks``/``privacy_masks`` optional, normalised polygons). Without
@@ -28,7 +29,7 @@ import json
 import statistics
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -181,6 +182,10 @@ class ClipScore:
     false_alarms_per_hour: float | None = None
     global_change_frames: int = 0
     motion_ms_per_frame: float = 0.0
+    # Grey-level threshold over the frames that computed one (not warm-up seeds nor global
+    # changes found before the difference): median and highest.
+    threshold_median: float | None = None
+    threshold_max: float | None = None
 
 
 def _overlaps(a: tuple[float, float], b: tuple[float, float]) -> bool:
@@ -216,6 +221,7 @@ def score_clip(
     ignore_masks: list[Any] | None = None,
     privacy_masks: list[Any] | None = None,
     detector_name: str = "guetteur",
+    on_frame: Callable[[float, MotionResult], None] | None = None,
 ) -> ClipScore:
     ignore = list(ignore_masks or []) + list((truth_doc or {}).get("ignore_masks", []))
     privacy = PolygonMask(
@@ -227,6 +233,7 @@ def score_clip(
     open_starts: dict[str, float] = {}
     frames = 0
     global_frames = 0
+    thresholds: list[float] = []
     motion_s = 0.0
     last_t = 0.0
     for t, image in analytic_frames(clip, fps, width):
@@ -236,6 +243,10 @@ def score_clip(
         motion_s += time.perf_counter() - t0
         frames += 1
         global_frames += result.global_change
+        if result.threshold > 0:
+            thresholds.append(result.threshold)
+        if on_frame is not None:
+            on_frame(t, result)
         last_t = t
         frame = AnalyticFrame(camera="bench", image=image, pts_s=t, wallclock=t)
         for upd in tracker.update(frame, result):
@@ -254,6 +265,8 @@ def score_clip(
         events=[(round(s, 3), round(e, 3)) for s, e in intervals],
         global_change_frames=global_frames,
         motion_ms_per_frame=round(1000 * motion_s / max(1, frames), 3),
+        threshold_median=round(statistics.median(thresholds), 1) if thresholds else None,
+        threshold_max=round(max(thresholds), 1) if thresholds else None,
     )
     if truth is not None:
         score.tp, score.fp, score.fn, score.onset_errors_s = match(intervals, truth)
@@ -311,7 +324,8 @@ def _fmt(x: float | None, digits: int = 2) -> str:
 def print_table(scores: list[ClipScore]) -> None:
     head = (
         f"{'clip':<28} {'dur s':>6} {'truth':>5} {'found':>5} {'TP':>3} {'FP':>3} {'FN':>3} "
-        f"{'prec':>5} {'rec':>5} {'F1':>5} {'onset s':>7} {'FA/h':>6} {'glob':>4} {'ms/fr':>5}"
+        f"{'prec':>5} {'rec':>5} {'F1':>5} {'onset s':>7} {'FA/h':>6} {'glob':>4} {'ms/fr':>5} "
+        f"{'thr med/max':>11}"
     )
     print(head)
     print("-" * len(head))
@@ -322,7 +336,8 @@ def print_table(scores: list[ClipScore]) -> None:
             f"{s.tp:>3} {s.fp:>3} {s.fn:>3} {_fmt(s.precision):>5} {_fmt(s.recall):>5} "
             f"{_fmt(s.f1):>5} {_fmt(s.median_onset_error_s):>7} "
             f"{_fmt(s.false_alarms_per_hour, 0):>6} {s.global_change_frames:>4} "
-            f"{s.motion_ms_per_frame:>5.2f}"
+            f"{s.motion_ms_per_frame:>5.2f} "
+            f"{_fmt(s.threshold_median, 0) + '/' + _fmt(s.threshold_max, 0):>11}"
         )
     scored = [s for s in scores if s.truth is not None]
     if len(scored) > 1:
@@ -384,6 +399,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", help="YAML with motion/events settings (see module doc)")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     parser.add_argument(
+        "--frames",
+        action="store_true",
+        help="print one line per analysed frame first: threshold, changed ratio, gain, global "
+        "change, motion boxes (to stderr with --json)",
+    )
+    parser.add_argument(
         "--detector",
         choices=[*DETECTORS, "all"],
         default="guetteur",
@@ -405,15 +426,28 @@ def main(argv: list[str] | None = None) -> int:
         else:
             jobs.append((Path(args.clip), _load_truth(Path(args.truth)) if args.truth else None))
         names = list(DETECTORS) if args.detector == "all" else [args.detector]
-        runs = {
-            name: [
-                score_clip(
-                    clip, truth, args.fps, args.width, motion_cfg, events_cfg, ignore, privacy, name
+        runs: dict[str, list[ClipScore]] = {name: [] for name in names}
+        for name in names:
+            for clip, truth in jobs:
+                on_frame = None
+                if args.frames:
+                    stream = sys.stderr if args.json else sys.stdout
+                    print(f"\n== {name}: {clip}, per analysed frame", file=stream)
+                    on_frame = _frame_printer(stream)
+                runs[name].append(
+                    score_clip(
+                        clip,
+                        truth,
+                        args.fps,
+                        args.width,
+                        motion_cfg,
+                        events_cfg,
+                        ignore,
+                        privacy,
+                        name,
+                        on_frame,
+                    )
                 )
-                for clip, truth in jobs
-            ]
-            for name in names
-        }
     except (OSError, ValueError, av.FFmpegError) as exc:
         print(f"motion_accuracy: {exc}", file=sys.stderr)
         return 2
@@ -450,6 +484,22 @@ def main(argv: list[str] | None = None) -> int:
                 f"{_fmt(t['median_onset_error_s']):>7} {_fmt(t['false_alarms_per_hour'], 0):>6}"
             )
     return 0
+
+
+def _frame_printer(stream: Any) -> Callable[[float, MotionResult], None]:
+    def show(t: float, r: MotionResult) -> None:
+        state = "warm-up" if r.warming_up else "GLOBAL" if r.global_change else ""
+        state = state or ("motion" if r.motion else "-")
+        boxes = " ".join(f"[{b.x:.2f},{b.y:.2f},{b.w:.2f},{b.h:.2f}]" for b in r.boxes[:4]) + (
+            f" +{len(r.boxes) - 4}" if len(r.boxes) > 4 else ""
+        )
+        print(
+            f"{t:7.2f} s  threshold {r.threshold:5.1f}  changed {r.changed_ratio:5.3f}  "
+            f"gain {r.gain:4.2f}  {state:<7} {boxes}",
+            file=stream,
+        )
+
+    return show
 
 
 def _load_truth(path: Path) -> dict[str, Any]:

@@ -14,8 +14,10 @@ details and the measurements behind the limits):
 3. **scene change**: a low correlation of frame and model on a coarse grid
    (``scene_change_similarity``) means a new view (PTZ move, shot change): global change;
 4. absolute difference; **threshold**: the larger of ``threshold`` scaled down in dark scenes
-   (floor ``min_threshold``) and ``noise_factor`` x the difference's robust noise (median absolute
-   difference / 0.6745, capped), so night sensor noise does not trip it;
+   (floor ``min_threshold``) and ``noise_factor`` x the robust sensor noise (capped), so night
+   noise does not trip it. The noise is the median absolute difference / 0.6745 over the
+   flattest quarter of the picture only, where camera shake, a freshly re-seeded background and
+   moving edges leave (almost) no residual;
 5. ignore and privacy masks removed; more than ``global_change_ratio`` of the usable frame
    changed: global change. A global change re-seeds the model and reports no motion;
 6. dilation (``dilate``), external contours, blobs smaller than ``min_area`` dropped, and blobs
@@ -64,6 +66,12 @@ _TEXTURE_WINDOW = 7
 _SAMPLE_STEP = 4
 # Robust sigma of |d| for Gaussian d: median(|d|) = 0.6745 sigma.
 _MAD_TO_SIGMA = 1.0 / 0.6745
+# Noise estimate: measured on the flattest _FLAT_SHARE of the picture, structure being the
+# grey-level range over _FLAT_WINDOW x _FLAT_WINDOW samples of the _SAMPLE_STEP grid (+-8 px);
+# with fewer usable samples than _MIN_NOISE_SAMPLES, the clipped ones are used as well.
+_FLAT_WINDOW = 5
+_FLAT_SHARE = 0.25
+_MIN_NOISE_SAMPLES = 64
 
 
 @dataclass(frozen=True)
@@ -142,13 +150,13 @@ class MotionDetector:
             # can be compared with the old background.
             return self._global_change(raw, 1.0, gain, 0.0)
         diff = cv2.absdiff(gray, bg_blurred)
-        noise_sigma = float(np.median(diff[::_SAMPLE_STEP, ::_SAMPLE_STEP])) * _MAD_TO_SIGMA
+        noise_sigma = self._noise_sigma(diff, gray, bg_blurred)
         # Contrast shrinks with the light: in a dark scene the fixed threshold scales down with
         # the background's median level (floor min_threshold), while the noise term keeps
         # sensor noise out.
         level = float(np.median(bg_blurred[::_SAMPLE_STEP, ::_SAMPLE_STEP]))
         base = max(float(cfg.min_threshold), cfg.threshold * min(1.0, level / _REFERENCE_LEVEL))
-        # The noise term is capped: when half the frame differs by more than that, it is not
+        # The noise term is capped: when even the flat parts differ by more than that, it is not
         # noise but a pan or a shot change, which the changed-ratio test below must see.
         noise_term = min(cfg.noise_factor * noise_sigma, _NOISE_CAP * cfg.threshold)
         threshold = max(base, noise_term)
@@ -240,6 +248,32 @@ class MotionDetector:
         ratio = float(np.median(g[ok] / b[ok]))
         # Changes under 1 % are noise in the estimate; leave the model alone.
         return ratio if abs(ratio - 1.0) > 0.01 else 1.0
+
+    def _noise_sigma(self, diff: np.ndarray, gray: np.ndarray, bg: np.ndarray) -> float:
+        """Robust sigma (median absolute residual / 0.6745) of the frame-vs-background residual
+        where only sensor noise can make one: the flattest quarter of the picture (flat in the
+        background and in the frame). There a shaking or drifting camera, a background just
+        re-seeded from one frame of a new view, or the edges of a moving object change little;
+        over the whole frame the same median measures them instead of noise."""
+        step = _SAMPLE_STEP
+        d = diff[::step, ::step]
+        g = gray[::step, ::step]
+        b = bg[::step, ::step]
+        assert self._usable is not None
+        usable = self._usable[::step, ::step] > 0
+        # Clipped pixels (black sky at night, blown highlights) have their noise clipped away.
+        ok = usable & (b > _GAIN_MIN_LEVEL) & (b < _SATURATED)
+        if np.count_nonzero(ok) < _MIN_NOISE_SAMPLES:
+            ok = usable if np.count_nonzero(usable) >= _MIN_NOISE_SAMPLES else np.ones_like(ok)
+        # Local structure: grey-level range over +-8 px around each sample, wider than the shake
+        # of a handheld or wind-blown camera between two analysed frames.
+        window = np.ones((_FLAT_WINDOW, _FLAT_WINDOW), np.uint8)
+        structure = np.maximum(
+            cv2.dilate(b, window) - cv2.erode(b, window),
+            cv2.dilate(g, window) - cv2.erode(g, window),
+        )
+        flat_limit = float(np.quantile(structure[ok], _FLAT_SHARE))
+        return float(np.median(d[ok & (structure <= flat_limit)])) * _MAD_TO_SIGMA
 
     def _similarity(self, gray: np.ndarray, bg: np.ndarray) -> float:
         """Normalised cross-correlation of frame and background on a coarse grid (~40 px wide):
