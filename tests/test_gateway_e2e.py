@@ -245,3 +245,44 @@ def test_malformed_commands_get_codes_and_the_gateway_carries_on(
             assert snap["bytes"] > 1000
     finally:
         gateway.stop()
+
+
+def test_live_sub_stream_is_the_cameras_sub_stream(
+    broker: MosquittoBroker, rtsp_server: Any, media: Any, tmp_path: Path
+) -> None:
+    main = rtsp_server()
+    sub = rtsp_server(file=media.h264_clip(size=(480, 270), duration=6.0))
+    config = validate_config(
+        {
+            "gateway_id": "gw-sub",
+            "data_dir": str(tmp_path / "gateway"),
+            "mqtt": {"url": broker.url},
+            "recording": {"enabled": False},
+            "cameras": [{"id": "dome", "url": main.url, "sub_url": sub.url}],
+        }
+    )
+    gateway = Gateway(config)
+    gateway.start()
+    try:
+        assert gateway.link.wait_subscribed(10)
+        with CentreClient(broker.url, client_id="centre-sub") as centre:
+            reply = wait_for(
+                lambda: (
+                    (
+                        r := centre.request(
+                            "gw-sub", "live.start", {"camera": "dome", "stream": "sub"}
+                        )
+                    )["ok"]
+                    and r
+                ),
+                15,
+                "a live session on the sub-stream",
+            )
+            main_reply = centre.request("gw-sub", "live.start", {"camera": "dome"})
+            for r in (reply, main_reply):
+                centre.request("gw-sub", "live.stop", {"session": r["session"]})
+    finally:
+        gateway.stop()
+    assert (reply["stream"], reply["width"], reply["height"]) == ("sub", 480, 270)
+    assert "note" not in reply  # served what was asked, no fallback
+    assert (main_reply["width"], main_reply["height"]) == (640, 360)

@@ -53,6 +53,7 @@ class Collector:
         self.lock = threading.Lock()
         self.packets: list[EncodedPacket] = []
         self.frames: list[AnalyticFrame] = []
+        self.sub_packets: list[EncodedPacket] = []
         self.statuses: list[CameraStatus] = []
 
     def on_packet(self, packet: EncodedPacket) -> None:
@@ -62,6 +63,10 @@ class Collector:
     def on_frame(self, frame: AnalyticFrame) -> None:
         with self.lock:
             self.frames.append(frame)
+
+    def on_sub_packet(self, packet: EncodedPacket) -> None:
+        with self.lock:
+            self.sub_packets.append(packet)
 
     def on_status(self, status: CameraStatus) -> None:
         with self.lock:
@@ -490,8 +495,14 @@ def test_rtsp_sub_stream_feeds_analytics_main_feeds_packets(
     main = rtsp_server()
     sub = rtsp_server(file=media.h264_clip(size=(480, 270), duration=6.0))
     with running(open_source(camera(main.url, sub_url=sub.url))) as sink:
-        sink.wait(lambda c: len(c.frames) >= 8 and len(c.packets) >= 50, 10, "packets + frames")
+        sink.wait(
+            lambda c: len(c.frames) >= 8 and len(c.packets) >= 50 and len(c.sub_packets) >= 25,
+            10,
+            "packets + frames",
+        )
     assert {p.stream.width for p in sink.packets} == {640}  # packets: main stream
+    assert {p.stream.width for p in sink.sub_packets} == {480}  # sub packets: for live "sub"
+    assert any(p.keyframe for p in sink.sub_packets)
     assert {f.source_size for f in sink.frames} == {(480, 270)}  # frames: sub-stream
     assert sink.frames[-1].image.shape == (180, 320, 3)
     # sub-stream frames are placed on the main (recorded) timeline

@@ -100,6 +100,11 @@ class CameraWorker:
                     "camera %s: a packet consumer failed; packet skipped for it", self.camera.id
                 )
 
+    def on_sub_packet(self, packet: EncodedPacket) -> None:
+        hub = self.gateway.live_sub_hubs.get(self.camera.id)
+        if hub is not None:
+            hub.on_packet(packet)
+
     def on_frame(self, frame: AnalyticFrame) -> None:
         try:
             self.frames.put_nowait(frame)
@@ -298,8 +303,19 @@ class Gateway:
         self.live_hubs = {cid: LiveHub(cid, config.live.max_gop_bytes) for cid in self.workers}
         for cid, worker in self.workers.items():
             worker.packet_consumers.append(self.live_hubs[cid].on_packet)
+        # cameras with a sub-stream: live "sub" repackages it (far less bandwidth than the main)
+        self.live_sub_hubs = {
+            cid: LiveHub(cid, config.live.max_gop_bytes)
+            for cid, w in self.workers.items()
+            if w.camera.sub_url
+        }
         self.live = LiveService(
-            config.live, self.workers_config(), self.link, self.audit, self.live_hubs
+            config.live,
+            self.workers_config(),
+            self.link,
+            self.audit,
+            self.live_hubs,
+            self.live_sub_hubs,
         )
         self.live.register(self.dispatcher)
         self.ptz = PtzService(self.workers_config(), self.audit)

@@ -373,8 +373,9 @@ class _StreamLoop:
         )
 
     def _emit_packet(self, sink: SourceSink, packet: EncodedPacket) -> None:
+        deliver = sink.on_sub_packet if self.role.sub else sink.on_packet
         try:
-            sink.on_packet(packet)
+            deliver(packet)
         except Exception:
             self.sink_errors += 1
             if self.sink_errors in (1, 10, 100) or self.sink_errors % 1000 == 0:
@@ -474,7 +475,7 @@ class ContainerSource:
         if self.camera.sub_url:
             return [
                 Role("main", sub=False, packets=True, frames=False),
-                Role("sub", sub=True, packets=False, frames=True),
+                Role("sub", sub=True, packets=True, frames=True),  # packets: live "sub"
             ]
         return [Role("main", sub=False, packets=True, frames=True)]
 
