@@ -129,6 +129,11 @@ class CameraWorker:
     # -- threads -----------------------------------------------------------------------------
 
     def start(self) -> None:
+        while True:  # a stop marker left from the last run would end the new analysis thread
+            try:
+                self.frames.get_nowait()
+            except queue.Empty:
+                break
         self._stop.clear()
         self.last_packet = self.last_status_report = time.monotonic()
         self._source_thread = threading.Thread(
