@@ -57,6 +57,10 @@ PacketConsumer = Callable[[EncodedPacket], None]
 # Longest pause of a source between two reconnection attempts (sources.base.Backoff cap).
 RETRY_CAP_S = 30.0
 
+# A worker restarted this many times in a row without delivering a packet is wedged beyond what
+# an in-process restart can fix: it stops counting as alive, so the watchdog restarts the agent.
+MAX_RESTARTS_WITHOUT_PACKET = 3
+
 # Detections older than this (stream seconds) no longer describe what moves now.
 DETECTION_FRESH_S = 1.0
 
@@ -79,6 +83,8 @@ class CameraWorker:
         self.frames_analysed = 0
         self.last_packet = time.monotonic()
         self.last_status_report = time.monotonic()
+        self.started_at = time.monotonic()
+        self.restarts_without_packet = 0
         self.last_frame: AnalyticFrame | None = None  # privacy-masked, for snapshots on demand
         # Detections arrive from the detector thread; the next frames' event update uses them
         # while they are recent (stream time), so the detector never holds analysis up.
@@ -92,6 +98,7 @@ class CameraWorker:
 
     def on_packet(self, packet: EncodedPacket) -> None:
         self.last_packet = time.monotonic()
+        self.restarts_without_packet = 0
         for consumer in self.packet_consumers:
             try:
                 consumer(packet)
@@ -135,7 +142,9 @@ class CameraWorker:
             except queue.Empty:
                 break
         self._stop.clear()
-        self.last_packet = self.last_status_report = time.monotonic()
+        # No reset of last_packet/last_status_report: a restarted worker counts as alive only
+        # once its new source shows life, so restarts that do not help let the watchdog fire.
+        self.started_at = time.monotonic()
         self._source_thread = threading.Thread(
             target=self._run_source, name=f"source-{self.camera.id}", daemon=True
         )
@@ -169,6 +178,8 @@ class CameraWorker:
         threads_ok = all(
             t is not None and t.is_alive() for t in (self._source_thread, self._analysis_thread)
         )
+        if self.restarts_without_packet >= MAX_RESTARTS_WITHOUT_PACKET:
+            return False  # restarting in-process does not help: let systemd restart the agent
         now = time.monotonic()
         if now - self.last_packet < self.camera.stall_timeout_s:
             return threads_ok
@@ -177,13 +188,17 @@ class CameraWorker:
         return threads_ok and retrying and recent_report
 
     def needs_restart(self) -> bool:
-        """A worker thread died, or the camera stays silent without its source reporting."""
+        """A worker thread died, or the camera stays silent without its source reporting —
+        giving a (re)started worker ``stall_timeout_s`` to show life first."""
         if self._stop.is_set():
             return False
         dead = any(
             t is None or not t.is_alive() for t in (self._source_thread, self._analysis_thread)
         )
-        return dead or not self.alive()
+        if dead:
+            return True
+        settled = time.monotonic() - self.started_at >= self.camera.stall_timeout_s
+        return settled and not self.alive()
 
     def _run_source(self) -> None:
         try:
@@ -394,16 +409,22 @@ class Gateway:
         interval = min(1.0, health.tick_interval_s)
         next_status = time.monotonic() + status_every_s
         while not stop.wait(interval):
+            # Judge first, then restart: the tick that finds a worker hung does not pet the
+            # watchdog, and a restarted worker counts again only once it shows life.
+            alive = {cid: w.alive() for cid, w in self.workers.items()}
             for worker in self.workers.values():
                 if worker.needs_restart():
                     log.error(
-                        "camera %s: worker hung or stream stalled (%s); restarting it",
+                        "camera %s: no packet for %.0f s and no word from its source (last "
+                        "state %s: %s); restarting the camera worker",
                         worker.camera.id,
-                        worker.status.last_error or worker.status.state,
+                        time.monotonic() - worker.last_packet,
+                        worker.status.state,
+                        worker.status.last_error or "no error reported",
                     )
                     worker.stop(1.0)
+                    worker.restarts_without_packet += 1
                     worker.start()
-            alive = {cid: w.alive() for cid, w in self.workers.items()}
             health.tick(alive, self.link.alive(), self.summary())
             if time.monotonic() >= next_status:
                 next_status = time.monotonic() + status_every_s
