@@ -14,6 +14,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import cv2
+import numpy as np
 import paho.mqtt.client as mqtt
 
 from guetteur import protocol
@@ -46,14 +48,19 @@ def test_motion_event_from_rtsp_camera_reaches_the_centre(
             "outbox": {"enabled": False},
             "recording": {"enabled": False},
             "cameras": [
-                {"id": "walk", "url": walk_cam.url},
+                {
+                    "id": "walk",
+                    "url": walk_cam.url,
+                    # a home's window in the top-left corner: black in every snapshot
+                    "privacy_masks": [[[0.0, 0.0], [0.25, 0.0], [0.25, 0.25], [0.0, 0.25]]],
+                },
                 {"id": "light", "url": light_cam.url},
                 {"id": "dead", "url": f"rtsp://127.0.0.1:{dead_port}/cam", "open_timeout_s": 1},
             ],
         }
     )
     events: list[dict[str, Any]] = []
-    snapshots: list[tuple[str, int, str | None]] = []
+    snapshots: list[tuple[str, bytes, str | None]] = []
     statuses: dict[str, dict[str, Any]] = {}
     lock = threading.Lock()
 
@@ -66,7 +73,7 @@ def test_motion_event_from_rtsp_camera_reaches_the_centre(
             snapshots.append(
                 (
                     user_properties(msg).get("event_id", ""),
-                    len(msg.payload),
+                    bytes(msg.payload),
                     getattr(msg.properties, "ContentType", None),
                 )
             )
@@ -109,10 +116,17 @@ def test_motion_event_from_rtsp_camera_reaches_the_centre(
     assert [e["type"] for e in walk_events][-1] == "end"
     assert light_events == [], light_events
     # the snapshot of the event, as a JPEG with its event id
-    assert any(
-        eid == starts[0]["event_id"] and size > 1000 and ctype == "image/jpeg"
-        for eid, size, ctype in snapshots
-    ), snapshots
+    jpegs = [
+        jpeg
+        for eid, jpeg, ctype in snapshots
+        if eid == starts[0]["event_id"] and ctype == "image/jpeg"
+    ]
+    assert jpegs, [(eid, len(j), c) for eid, j, c in snapshots]
+    picture = cv2.imdecode(np.frombuffer(jpegs[-1], np.uint8), cv2.IMREAD_COLOR)
+    # rendered from the full-resolution frame (640x360), not the 320 px analysed one
+    assert picture.shape == (360, 640, 3)
+    assert picture[:90, :160].mean() < 8  # privacy mask blacked out
+    assert picture[180:, 320:].mean() > 30  # the street is there
     # the unreachable camera says why; the others streamed meanwhile
     assert states == {"walk": "streaming", "light": "streaming", "dead": "reconnecting"}
     dead = statuses["dead"]

@@ -115,7 +115,7 @@ class _Active:
     boxes: list[Box] = field(default_factory=list)
     labels: dict[str, float] = field(default_factory=dict)
     best_rank: float = -1.0
-    best_image: np.ndarray | None = None
+    best_frame: AnalyticFrame | None = None
     snapshot_dirty: bool = False
     last_emit_s: float = 0.0
     changed: bool = False
@@ -143,11 +143,16 @@ class EventTracker:
         config: EventsConfig,
         clock_synced: Callable[[], bool] = clock_synchronised,
         require_labels: Sequence[str] = (),
+        snapshot_image: Callable[[AnalyticFrame], np.ndarray] | None = None,
     ) -> None:
+        """``snapshot_image`` turns the best frame into the picture to send (the gateway renders
+        it from the full-resolution frame and blacks out privacy masks); default: the analysed
+        image as it is."""
         self.camera = camera
         self.config = config
         self._clock_synced = clock_synced
         self._require = set(require_labels)
+        self._snapshot_image = snapshot_image or (lambda frame: frame.image)
         self._run_start: tuple[float, float] | None = None  # (pts_s, wallclock) of the motion run
         self._run_frames = 0
         self._run_labels: dict[str, float] = {}
@@ -267,14 +272,15 @@ class EventTracker:
         rank = (1.0 + max(d.score for d in detections)) if detections else result.score
         if rank > ev.best_rank:
             ev.best_rank = rank
-            ev.best_image = frame.image
+            ev.best_frame = frame
             ev.snapshot_dirty = True
 
     def _snapshot(self, ev: _Active) -> bytes | None:
-        if not ev.snapshot_dirty or ev.best_image is None:
+        if not ev.snapshot_dirty or ev.best_frame is None:
             return None
         ev.snapshot_dirty = False
-        return encode_jpeg(ev.best_image, self.config.snapshot_quality, self.config.snapshot_width)
+        image = self._snapshot_image(ev.best_frame)
+        return encode_jpeg(image, self.config.snapshot_quality, self.config.snapshot_width)
 
     def _emit(self, kind: EventKind) -> EventUpdate:
         ev = self._active

@@ -21,6 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from pydantic import BaseModel, ConfigDict
 
 from guetteur import __version__, protocol
@@ -77,7 +78,12 @@ class CameraWorker:
         self.privacy = PolygonMask(camera.privacy_masks)
         self.motion = MotionDetector(camera.motion, camera.ignore_masks, camera.privacy_masks)
         require = camera.detect.require if camera.detect else ()
-        self.tracker = EventTracker(camera.id, gateway.config.events, require_labels=require)
+        self.tracker = EventTracker(
+            camera.id,
+            gateway.config.events,
+            require_labels=require,
+            snapshot_image=self.snapshot_image,
+        )
         self.frames: queue.Queue[AnalyticFrame | None] = queue.Queue(maxsize=2)
         self.frames_dropped = 0
         self.frames_analysed = 0
@@ -232,6 +238,7 @@ class CameraWorker:
                 frame.pts_s,
                 frame.wallclock,
                 frame.source_size,
+                frame.render,
             )
         self.last_frame = frame
         self.frames_analysed += 1
@@ -249,6 +256,14 @@ class CameraWorker:
         for update in updates:
             self.gateway.publish_event(update)
         return updates
+
+    def snapshot_image(self, frame: AnalyticFrame) -> np.ndarray:
+        """The picture sent to the centre: rendered from the full-resolution decoded frame when
+        the source keeps it (the analysed one is only a few hundred pixels wide), with every
+        privacy mask blacked out."""
+        width = self.gateway.config.events.snapshot_width
+        image = frame.render(width) if frame.render is not None else frame.image
+        return self.privacy.blackout(image)
 
     def _on_detections(self, frame: AnalyticFrame, found: list[Detection]) -> None:
         assert self.camera.detect is not None
@@ -543,7 +558,9 @@ class Gateway:
                 f"{worker.status.last_error or 'no error reported'})",
             )
         jpeg = encode_jpeg(
-            frame.image, self.config.events.snapshot_quality, self.config.events.snapshot_width
+            worker.snapshot_image(frame),
+            self.config.events.snapshot_quality,
+            self.config.events.snapshot_width,
         )
         snap_id = f"snap-{os.urandom(8).hex()}"
         self.publisher.submit(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from fractions import Fraction
 
@@ -48,6 +49,9 @@ class AnalyticFrame:
     pts_s: float  # stream time, seconds
     wallclock: float  # UTC epoch seconds
     source_size: tuple[int, int] = (0, 0)  # (width, height) of the full-resolution stream
+    # Renders the same picture at up to the given width from the full-resolution decoded frame
+    # (for snapshots), when the source has it; None: only ``image`` exists (e.g. Pi lores).
+    render: Callable[[int], np.ndarray] | None = field(default=None, repr=False, compare=False)
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,6 +8,7 @@ docs/sources.md (``bench/source_decode.py``).
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from fractions import Fraction
 from typing import TYPE_CHECKING
@@ -41,6 +42,17 @@ def frame_to_bgr(frame: av.VideoFrame, size: tuple[int, int]) -> np.ndarray:
     else:
         out = frame.reformat(width=w, height=h, format="bgr24", interpolation="AREA").to_ndarray()
     return np.ascontiguousarray(out)
+
+
+def renderer(frame: av.VideoFrame) -> Callable[[int], np.ndarray]:
+    """Renders ``frame`` — the decoded picture at the stream's own resolution — as BGR at most
+    ``width`` wide, on demand: snapshots come from the full picture, not the small analytic one,
+    and only the few frames that become snapshots pay for the conversion."""
+
+    def render(width: int) -> np.ndarray:
+        return frame_to_bgr(frame, analytic_size(frame.width, frame.height, width))
+
+    return render
 
 
 class FrameSampler:

@@ -43,6 +43,7 @@ from guetteur.sources.decode import (
     analytic_size,
     annexb_parameter_sets,
     frame_to_bgr,
+    renderer,
 )
 from guetteur.sources.status import (
     FAILED,
@@ -416,7 +417,14 @@ class _StreamLoop:
                 t = mapped if mapped is not None else t
             try:
                 sink.on_frame(
-                    AnalyticFrame(self.source.camera_id, image, t, wall, (s.width, s.height))
+                    AnalyticFrame(
+                        self.source.camera_id,
+                        image,
+                        t,
+                        wall,
+                        (s.width, s.height),
+                        renderer(frame),
+                    )
                 )
             except Exception:
                 self.sink_errors += 1

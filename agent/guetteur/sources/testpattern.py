@@ -37,6 +37,7 @@ from guetteur.sources.decode import (
     analytic_size,
     annexb_parameter_sets,
     frame_to_bgr,
+    renderer,
 )
 from guetteur.sources.status import FAILED, STARTING, STOPPED, STREAMING, StatusReporter, with_retry
 
@@ -230,7 +231,12 @@ class TestPatternSource:
                         try:
                             sink.on_frame(
                                 AnalyticFrame(
-                                    self.camera_id, image, t, wall, (spec.width, spec.height)
+                                    self.camera_id,
+                                    image,
+                                    t,
+                                    wall,
+                                    (spec.width, spec.height),
+                                    renderer(frame),
                                 )
                             )
                         except Exception:
