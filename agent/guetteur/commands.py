@@ -17,6 +17,7 @@ from pydantic import BaseModel, ValidationError
 
 from guetteur import protocol
 from guetteur.audit import AuditTrail
+from guetteur.config import validation_problems
 from guetteur.protocol import ErrorCode
 
 log = logging.getLogger(__name__)
@@ -69,14 +70,7 @@ class _TokenBucket:
 
 def format_validation_error(exc: ValidationError) -> str:
     """One sentence naming every wrong field of a command payload."""
-    parts = []
-    for err in exc.errors():
-        path = ".".join(str(p) for p in err["loc"]) or "payload"
-        msg = err["msg"].removeprefix("Value error, ")
-        if err["type"] == "extra_forbidden":
-            msg = "unknown field"
-        parts.append(f"{path}: {msg}")
-    return "; ".join(parts)
+    return "; ".join(validation_problems(exc, unknown="unknown field", missing=None))
 
 
 class CommandDispatcher:

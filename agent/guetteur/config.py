@@ -535,14 +535,36 @@ class ConfigError(Exception):
         return "\n".join(lines)
 
 
-def _path(loc: tuple[int | str, ...]) -> str:
+def _path(loc: tuple[int | str, ...], skip: frozenset[str] = frozenset()) -> str:
     out = ""
     for part in loc:
         if isinstance(part, int):
             out += f"[{part}]"
-        else:
+        elif part not in skip:
             out += ("." if out else "") + str(part)
     return out or "(top level)"
+
+
+def validation_problems(
+    exc: ValidationError,
+    unknown: str = "unknown key",
+    missing: str | None = "required key is missing",
+    skip: frozenset[str] = frozenset(),
+) -> list[str]:
+    """Every pydantic error as ``key.path[2].name: sentence``, once each — the one wording of
+    config files, provisioning files and command payloads. ``skip`` drops location parts that
+    are not keys anybody wrote (union branch names)."""
+    out: list[str] = []
+    for err in exc.errors():
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            msg = unknown
+        elif err["type"] == "missing" and missing is not None:
+            msg = missing
+        line = f"{_path(tuple(err['loc']), skip)}: {msg}"
+        if line not in out:
+            out.append(line)
+    return out
 
 
 _REF = re.compile(r"^\$\{(env|file|secret):([^}]+)\}$")
@@ -603,13 +625,7 @@ def validate_config(raw: Any, source: str = "config") -> GuetteurConfig:
     try:
         config = GuetteurConfig.model_validate(resolved)
     except ValidationError as exc:
-        for err in exc.errors():
-            msg = err["msg"].removeprefix("Value error, ")
-            if err["type"] == "extra_forbidden":
-                msg = "unknown key"
-            elif err["type"] == "missing":
-                msg = "required key is missing"
-            problems.append(f"{_path(tuple(err['loc']))}: {msg}")
+        problems += validation_problems(exc)
         raise ConfigError(source, problems) from None
     if problems:
         raise ConfigError(source, problems)

@@ -37,7 +37,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 
-from guetteur.config import ConfigError, validate_config
+from guetteur.config import ConfigError, validate_config, validation_problems
 from guetteur.protocol import ID_PATTERN
 from guetteur.timeutil import iso_ms
 
@@ -166,25 +166,11 @@ class ProvisionPlan:
 
 
 def _pydantic_problems(exc: ValidationError) -> list[str]:
-    out = []
-    for err in exc.errors():
-        loc = ""
-        for part in err["loc"]:
-            if isinstance(part, int):
-                loc += f"[{part}]"
-            elif part in ("list[ProvisionCamera]", "str"):
-                continue  # union branch names: not a key the technician wrote
-            else:
-                loc += ("." if loc else "") + str(part)
-        msg = err["msg"].removeprefix("Value error, ")
-        if err["type"] == "extra_forbidden":
-            msg = "unknown key (check the spelling against docs/technician.md)"
-        elif err["type"] == "missing":
-            msg = "required key is missing"
-        line = f"{loc or '(top level)'}: {msg}"
-        if line not in out:
-            out.append(line)
-    return out
+    return validation_problems(
+        exc,
+        unknown="unknown key (check the spelling against docs/technician.md)",
+        skip=frozenset({"list[ProvisionCamera]", "str"}),  # union branch names, not keys
+    )
 
 
 def parse_provision_text(text: str, source: str = PROVISION_FILE) -> ProvisionFile:
