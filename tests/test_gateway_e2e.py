@@ -4,6 +4,7 @@ an export requested over MQTT, and `guetteur run` stopping cleanly on SIGTERM.""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import signal
@@ -115,8 +116,6 @@ def test_event_snapshot_clip_and_export_reach_the_centre_receiver(
     path, sha256, size = clip[0]
     clip_path = Path(path) if Path(path).is_absolute() else tmp_path / "centre" / path
     assert clip_path.stat().st_size == size
-    import hashlib
-
     assert hashlib.sha256(clip_path.read_bytes()).hexdigest() == sha256
     duration, frames = clip_seconds(clip_path)
     event_s = parse_iso(end_msg["end"]) - parse_iso(end_msg["start"])
