@@ -38,9 +38,9 @@ from typing import Any
 import av
 import cv2
 
+from guetteur.analytics.masks import PolygonMask
+from guetteur.analytics.motion import MotionDetector
 from guetteur.config import MotionConfig
-from guetteur.masks import PolygonMask
-from guetteur.motion import MotionDetector
 from guetteur.sources.decode import FrameSampler, analytic_size, frame_to_bgr
 
 

@@ -10,8 +10,8 @@
    ``--repeat`` runs on a real 640x272 frame; inferences/s; ratio to the 100 ms goal; and
    detections/s over the street clip analysed at ``--fps`` (objects kept by the default camera
    filter per second of detector time).
-3. Motion gating: the street clip and the synthetic scenes (``guetteur.synthetic``) analysed at
-   ``--fps`` / 320 px wide by ``guetteur.motion.MotionDetector``; the share of analysed frames that
+3. Motion gating: the street clip and the synthetic scenes (``guetteur.dev.synthetic``) analysed at
+   ``--fps`` / 320 px wide by ``guetteur.analytics.motion.MotionDetector``; the share of analysed frames that
    reach the detector, the inferences they cost (crops) and the share of pixels the model sees;
    on the street clip, how many of the frames where the whole-frame detector finds a person or a
    car the gated path still finds them in.
@@ -30,10 +30,10 @@ import av
 import cv2
 import numpy as np
 
+from guetteur.analytics.detect import Detector, filter_detections, load_detector, plan_regions
+from guetteur.analytics.motion import MotionDetector
 from guetteur.config import DetectFilter, DetectionConfig
-from guetteur.detect import Detector, filter_detections, load_detector, plan_regions
-from guetteur.motion import MotionDetector
-from guetteur.synthetic import SCENARIO_NAMES, scenario
+from guetteur.dev.synthetic import SCENARIO_NAMES, scenario
 
 REPO = Path(__file__).resolve().parents[1]
 MODELS = ("coco-ssd-mobilenet-v2-fpnlite-320", "coco-ssd-mobilenet-v1-quant-300")

@@ -29,8 +29,8 @@ sys.path.insert(0, str(REPO))
 
 from guetteur.centre.receiver import Receiver  # noqa: E402
 from guetteur.config import OutboxConfig  # noqa: E402
-from guetteur.devbroker import PrivateBroker  # noqa: E402
-from guetteur.mqttutil import new_client  # noqa: E402
+from guetteur.dev.broker import PrivateBroker  # noqa: E402
+from guetteur.uplink.mqttutil import new_client  # noqa: E402
 
 INFLIGHT: list[int] = [0]
 

@@ -47,16 +47,16 @@ from tests.fixtures.broker import MosquittoBroker  # noqa: E402
 from tests.fixtures.media import MediaFactory  # noqa: E402
 from tests.fixtures.rtsp import RtspTestServer  # noqa: E402
 
-from guetteur.audit import AuditTrail  # noqa: E402
 from guetteur.centre.client import CentreClient  # noqa: E402
 from guetteur.centre.live import LiveViewer  # noqa: E402
-from guetteur.commands import CommandDispatcher  # noqa: E402
 from guetteur.config import CameraConfig, LiveConfig, MqttConfig  # noqa: E402
-from guetteur.link import Link  # noqa: E402
-from guetteur.live import LiveHub, LiveService  # noqa: E402
-from guetteur.media import AnalyticFrame, EncodedPacket  # noqa: E402
-from guetteur.publish import ClipFile, OutboundItem  # noqa: E402
+from guetteur.live.service import LiveHub, LiveService  # noqa: E402
+from guetteur.media.types import AnalyticFrame, EncodedPacket  # noqa: E402
 from guetteur.sources import CameraStatus, open_source  # noqa: E402
+from guetteur.uplink.audit import AuditTrail  # noqa: E402
+from guetteur.uplink.commands import CommandDispatcher  # noqa: E402
+from guetteur.uplink.link import Link  # noqa: E402
+from guetteur.uplink.publish import ClipFile, OutboundItem  # noqa: E402
 
 GW = "gw1"
 

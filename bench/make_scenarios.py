@@ -5,7 +5,7 @@
                                   [--seed N]
 
 Writes OUTDIR/NAME.mp4 and OUTDIR/NAME.json (``{"events": [...], "ignore_masks": [...]}``) for
-the six base scenes of ``guetteur.synthetic`` and a few harder variants, then score them with
+the six base scenes of ``guetteur.dev.synthetic`` and a few harder variants, then score them with
 ``bench/motion_accuracy.py --dir OUTDIR``.
 """
 
@@ -16,7 +16,7 @@ import sys
 import time
 from pathlib import Path
 
-from guetteur.synthetic import SCENARIO_NAMES, scenario, write_clip, write_truth
+from guetteur.dev.synthetic import SCENARIO_NAMES, scenario, write_clip, write_truth
 
 # name -> (base scene, parameters). The base scenes first, then variants that combine troubles.
 VARIANTS: dict[str, tuple[str, dict[str, float]]] = {

@@ -39,11 +39,11 @@ import cv2
 import numpy as np
 import yaml
 
+from guetteur.analytics.events import EventTracker
+from guetteur.analytics.masks import PolygonMask
+from guetteur.analytics.motion import MotionDetector, MotionResult
 from guetteur.config import EventsConfig, MotionConfig
-from guetteur.events import EventTracker
-from guetteur.masks import PolygonMask
-from guetteur.media import AnalyticFrame, Box
-from guetteur.motion import MotionDetector, MotionResult
+from guetteur.media.types import AnalyticFrame, Box
 from guetteur.sources.decode import DecodePlan, FrameSampler, analytic_size, frame_to_bgr
 
 

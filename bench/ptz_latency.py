@@ -31,13 +31,13 @@ from pathlib import Path
 import paho.mqtt.client as mqtt
 import serial
 
-from guetteur.audit import AuditTrail
 from guetteur.centre.client import CentreClient
-from guetteur.commands import CommandDispatcher
 from guetteur.config import CameraConfig, MqttConfig, PtzConfig
-from guetteur.link import DirectPublisher, Link
 from guetteur.ptz import pelco_d
 from guetteur.ptz.service import PtzService
+from guetteur.uplink.audit import AuditTrail
+from guetteur.uplink.commands import CommandDispatcher
+from guetteur.uplink.link import DirectPublisher, Link
 
 NODELAY = False
 

@@ -26,8 +26,8 @@ from pathlib import Path
 import av
 
 from guetteur.config import RecordingConfig
-from guetteur.media import EncodedPacket, StreamInfo
-from guetteur.recorder import Recorder
+from guetteur.media.types import EncodedPacket, StreamInfo
+from guetteur.record.recorder import Recorder
 
 
 def cpu_s() -> float:

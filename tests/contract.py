@@ -19,7 +19,7 @@ from typing import Any
 
 from jsonschema import Draft202012Validator
 
-from guetteur import protocol
+from guetteur.uplink import protocol
 
 SCHEMAS = Path(__file__).resolve().parents[1] / "docs" / "schemas"
 

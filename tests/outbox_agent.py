@@ -23,12 +23,12 @@ import time
 from pathlib import Path
 from types import FrameType
 
-from guetteur import protocol
 from guetteur.config import MqttConfig, OutboxConfig
-from guetteur.link import Link
-from guetteur.outbox import Outbox
-from guetteur.publish import ClipFile, OutboundItem, Priority
 from guetteur.timeutil import iso_ms
+from guetteur.uplink import protocol
+from guetteur.uplink.link import Link
+from guetteur.uplink.outbox import Outbox
+from guetteur.uplink.publish import ClipFile, OutboundItem, Priority
 
 
 def event_item(gateway: str, camera: str, n: int) -> OutboundItem:

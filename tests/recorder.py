@@ -10,8 +10,8 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 
-from guetteur import protocol
-from guetteur.mqttutil import configure_tls, content_type, new_client, user_properties
+from guetteur.uplink import protocol
+from guetteur.uplink.mqttutil import configure_tls, content_type, new_client, user_properties
 
 
 @dataclass
@@ -42,7 +42,7 @@ class Recorder:
         cert: str | None = None,
         key: str | None = None,
     ) -> None:
-        from guetteur.mqttutil import parse_broker_url
+        from guetteur.uplink.mqttutil import parse_broker_url
 
         self.address = parse_broker_url(url)
         self.messages: list[Recorded] = []

@@ -22,7 +22,7 @@ from pathlib import Path
 import av
 
 from guetteur.config import RecordingConfig
-from guetteur.media import EncodedPacket, StreamInfo
+from guetteur.media.types import EncodedPacket, StreamInfo
 
 
 def make_h264(
@@ -152,7 +152,7 @@ def decode_strict(path: Path) -> tuple[int, int, bool]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from guetteur.recorder import Recorder
+    from guetteur.record.recorder import Recorder
 
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("data_dir", type=Path)

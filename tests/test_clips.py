@@ -14,12 +14,12 @@ import av
 import pytest
 import yaml
 
-from guetteur import exportcli
-from guetteur.clips import ClipError, EventClipper, ExportService, coverage_gaps, cut_clip
-from guetteur.commands import CommandDispatcher
 from guetteur.config import EventsConfig, GuetteurConfig, RecordingConfig
-from guetteur.publish import ClipFile, OutboundItem
-from guetteur.recorder import Recorder, SegmentIndex
+from guetteur.record import export_cli as exportcli
+from guetteur.record.clips import ClipError, EventClipper, ExportService, coverage_gaps, cut_clip
+from guetteur.record.recorder import Recorder, SegmentIndex
+from guetteur.uplink.commands import CommandDispatcher
+from guetteur.uplink.publish import ClipFile, OutboundItem
 from tests.recording_agent import Clip, feed, load_clip, make_h264
 
 FPS = 25

@@ -6,10 +6,10 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from guetteur import protocol
-from guetteur.audit import AuditTrail
-from guetteur.commands import CommandContext, CommandDispatcher, CommandError
-from guetteur.publish import ClipFile, OutboundItem
+from guetteur.uplink import protocol
+from guetteur.uplink.audit import AuditTrail
+from guetteur.uplink.commands import CommandContext, CommandDispatcher, CommandError
+from guetteur.uplink.publish import ClipFile, OutboundItem
 
 
 class Collect:

@@ -1,4 +1,4 @@
-"""Object detection (guetteur.detect), the model manifests and scripts/fetch-models.
+"""Object detection (guetteur.analytics.detect), the model manifests and scripts/fetch-models.
 
 Real models from ../shared/models, real footage from ../shared/media, generated clips encoded and
 decoded with PyAV. Motion boxes for real footage come from a plain two-frame difference here, so
@@ -21,8 +21,7 @@ import numpy as np
 import pytest
 import yaml
 
-from guetteur.config import DetectFilter, DetectionConfig, EventsConfig
-from guetteur.detect import (
+from guetteur.analytics.detect import (
     Detection,
     Detector,
     DetectorError,
@@ -39,7 +38,8 @@ from guetteur.detect import (
     suppress_duplicates,
     tell_classes_from_scores,
 )
-from guetteur.media import AnalyticFrame, Box
+from guetteur.config import DetectFilter, DetectionConfig, EventsConfig
+from guetteur.media.types import AnalyticFrame, Box
 
 REPO = Path(__file__).resolve().parents[1]
 MODELS = ("coco-ssd-mobilenet-v2-fpnlite-320", "coco-ssd-mobilenet-v1-quant-300")
@@ -274,7 +274,7 @@ def test_bad_manifests_say_which_key(tmp_path: Path) -> None:
 
 
 def test_no_model_is_motion_only_said_once(caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level("INFO", logger="guetteur.detect")
+    caplog.set_level("INFO", logger="guetteur.analytics.detect")
     assert load_detector(DetectionConfig()) is None
     lines = [r.getMessage() for r in caplog.records]
     assert len(lines) == 1 and "motion-only" in lines[0]
@@ -448,9 +448,9 @@ def test_no_motion_no_inference(fpnlite: Detector, bikes: list[np.ndarray]) -> N
 
 
 def _lighting_frames(n: int, fps: int) -> Iterator[np.ndarray]:
-    """A static street scene (guetteur.synthetic, with sensor noise) whose brightness steps up
+    """A static street scene (guetteur.dev.synthetic, with sensor noise) whose brightness steps up
     by half and back down, as street lights or auto-exposure do."""
-    from guetteur.synthetic import scenario
+    from guetteur.dev.synthetic import scenario
 
     sc = scenario("lighting", width=640, height=360, fps=fps, duration=n / fps, step_at=2.0,
                   back_at=4.0, ramp=0.2)  # fmt: skip
@@ -461,7 +461,7 @@ def _lighting_frames(n: int, fps: int) -> Iterator[np.ndarray]:
 def test_lighting_change_only_gives_no_detection(
     detectors: dict[str, Detector], tmp_path: Path
 ) -> None:
-    from guetteur.motion import MotionDetector
+    from guetteur.analytics.motion import MotionDetector
 
     fps = 10
     clip = tmp_path / "lighting.mp4"
@@ -488,7 +488,7 @@ def test_lighting_change_only_gives_no_detection(
 
 def _events(det: Detector, frames: list[np.ndarray], fps: float, require: list[str],
             step: int) -> list[tuple[str, dict[str, float]]]:  # fmt: skip
-    from guetteur.events import EventTracker
+    from guetteur.analytics.events import EventTracker
 
     flt = DetectFilter(require=require)
     tracker = EventTracker("cam1", EventsConfig(start_frames=2), require_labels=flt.require)
@@ -505,7 +505,7 @@ def _events(det: Detector, frames: list[np.ndarray], fps: float, require: list[s
 def test_camera_requiring_person_raises_on_person_not_on_other_motion(
     fpnlite: Detector, bikes: list[np.ndarray]
 ) -> None:
-    from guetteur.synthetic import scenario
+    from guetteur.dev.synthetic import scenario
 
     walker = bikes[round(7.56 * CLIP_FPS) : round(8.4 * CLIP_FPS)]
     events = _events(fpnlite, walker, CLIP_FPS, ["person"], step=2)
@@ -662,7 +662,7 @@ def test_fetch_then_corrupt_then_start_refuses(shared_dir: Path, tmp_path: Path)
 def _cli(*argv: str) -> int:
     import argparse
 
-    from guetteur import detect
+    from guetteur.analytics import detect
 
     parser = argparse.ArgumentParser()
     detect.add_arguments(parser)
@@ -689,7 +689,7 @@ def test_detect_command_on_an_image_and_on_a_bad_model(
 
 
 def test_doctor_check_sentences(shared_dir: Path) -> None:
-    from guetteur.detect import check_detection
+    from guetteur.analytics.detect import check_detection
 
     assert "motion-only" in check_detection(DetectionConfig())
     ok = check_detection(config_for(shared_dir, MODELS[0]))

@@ -18,11 +18,11 @@ import av
 import numpy as np
 import pytest
 
+from guetteur.analytics.detect import Detection, Detector, filter_detections, load_detector
+from guetteur.analytics.events import EventTracker, EventUpdate
+from guetteur.analytics.motion import MotionDetector
 from guetteur.config import DetectFilter, DetectionConfig, EventsConfig
-from guetteur.detect import Detection, Detector, filter_detections, load_detector
-from guetteur.events import EventTracker, EventUpdate
-from guetteur.media import AnalyticFrame
-from guetteur.motion import MotionDetector
+from guetteur.media.types import AnalyticFrame
 from guetteur.sources.decode import DecodePlan, FrameSampler, analytic_size, frame_to_bgr
 
 REPO = Path(__file__).resolve().parents[1]

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from guetteur import discover
+from guetteur.ops import discover
 from tests.fixtures.onvif import OnvifCamera
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from guetteur import doctor
+from guetteur.ops import doctor
 from tests.fixtures.broker import MosquittoBroker, free_port
 from tests.fixtures.rtsp import RtspServerFactory
 from tests.helpers_pki import make_ca, make_server_cert

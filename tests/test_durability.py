@@ -18,7 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from guetteur.centre.receiver import Receiver
-from guetteur.devbroker import PrivateBroker
+from guetteur.dev.broker import PrivateBroker
 from tests.fixtures.broker import MosquittoBroker
 
 REPO = Path(__file__).resolve().parents[1]

@@ -5,10 +5,10 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
+from guetteur.analytics.events import EventTracker, EventUpdate
+from guetteur.analytics.motion import MotionResult
 from guetteur.config import EventsConfig
-from guetteur.events import EventTracker, EventUpdate
-from guetteur.media import AnalyticFrame, Box
-from guetteur.motion import MotionResult
+from guetteur.media.types import AnalyticFrame, Box
 
 FPS = 5.0
 IMAGE = np.full((180, 320, 3), 90, np.uint8)

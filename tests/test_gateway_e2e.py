@@ -19,12 +19,12 @@ from typing import Any
 import av
 import yaml
 
-from guetteur import protocol
 from guetteur.centre.client import CentreClient
 from guetteur.centre.receiver import Receiver
 from guetteur.config import validate_config
-from guetteur.gateway import Gateway
+from guetteur.runtime.gateway import Gateway
 from guetteur.timeutil import iso_ms, parse_iso
+from guetteur.uplink import protocol
 from tests.fixtures.broker import MosquittoBroker
 
 
@@ -178,7 +178,7 @@ def test_malformed_commands_get_codes_and_the_gateway_carries_on(
     import threading
     import uuid
 
-    from guetteur.mqttutil import publish_properties
+    from guetteur.uplink.mqttutil import publish_properties
 
     config = validate_config(
         {

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from guetteur.health import (
+from guetteur.runtime.health import (
     DEFAULT_TICK_S,
     HealthSupervisor,
     Notifier,

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from guetteur import hwprofile, logsetup
+from guetteur import logsetup
+from guetteur.ops import hwprofile
 
 PROFILES = Path(__file__).resolve().parents[1] / "hw" / "profiles"
 

@@ -10,12 +10,12 @@ from pathlib import Path
 
 from pydantic import BaseModel, SecretStr
 
-from guetteur import protocol
-from guetteur.audit import AuditTrail
 from guetteur.centre.client import CentreClient
-from guetteur.commands import CommandContext, CommandDispatcher
 from guetteur.config import MqttConfig
-from guetteur.link import DirectPublisher, Link
+from guetteur.uplink import protocol
+from guetteur.uplink.audit import AuditTrail
+from guetteur.uplink.commands import CommandContext, CommandDispatcher
+from guetteur.uplink.link import DirectPublisher, Link
 from tests.contract import validate, validate_payload
 from tests.fixtures.broker import MosquittoBroker
 from tests.recorder import Recorder
@@ -112,7 +112,7 @@ def test_last_will_marks_a_vanished_gateway_offline_and_stop_says_why(
     code = (
         "import sys, time\n"
         "from guetteur.config import MqttConfig\n"
-        "from guetteur.link import Link\n"
+        "from guetteur.uplink.link import Link\n"
         f"link = Link(MqttConfig(url={broker.url!r}), 'gwx')\n"
         "link.start(); link.wait_connected(10)\n"
         "link.publish_json(link.topics.status, {'state': 'online', 'gateway': 'gwx'}, "
@@ -185,7 +185,7 @@ def test_username_and_password(broker: MosquittoBroker, tmp_path: Path) -> None:
 
 
 def test_publish_item_carries_the_item_id_and_content_type(broker: MosquittoBroker) -> None:
-    from guetteur.publish import OutboundItem, Priority
+    from guetteur.uplink.publish import OutboundItem, Priority
 
     rec = Recorder(broker.url, f"{ROOT}/gwl/#").start()
     link, _ = make_link(broker.url)

@@ -24,14 +24,10 @@ import av
 import paho.mqtt.client as mqtt
 import pytest
 
-from guetteur import protocol
-from guetteur.audit import AuditTrail
 from guetteur.centre.client import CentreClient
 from guetteur.centre.live import LiveError, LiveViewer, Output, StreamAssembler
-from guetteur.commands import CommandContext, CommandDispatcher, CommandError
 from guetteur.config import CameraConfig, LiveConfig, MqttConfig
-from guetteur.link import Link
-from guetteur.live import (
+from guetteur.live.service import (
     BoxSplitter,
     LiveHub,
     LiveService,
@@ -43,10 +39,14 @@ from guetteur.live import (
     parameter_set_types,
     parse_extradata,
 )
-from guetteur.media import AnalyticFrame, EncodedPacket, StreamInfo
-from guetteur.mqttutil import user_properties
-from guetteur.publish import ClipFile, OutboundItem
+from guetteur.media.types import AnalyticFrame, EncodedPacket, StreamInfo
 from guetteur.sources import CameraStatus, open_source
+from guetteur.uplink import protocol
+from guetteur.uplink.audit import AuditTrail
+from guetteur.uplink.commands import CommandContext, CommandDispatcher, CommandError
+from guetteur.uplink.link import Link
+from guetteur.uplink.mqttutil import user_properties
+from guetteur.uplink.publish import ClipFile, OutboundItem
 from tests.fixtures.broker import MosquittoBroker
 from tests.fixtures.media import MediaFactory
 from tests.fixtures.rtsp import RtspServerFactory

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from guetteur.masks import MaskError, PolygonMask
+from guetteur.analytics.masks import MaskError, PolygonMask
 
 LEFT_HALF = [(0.0, 0.0), (0.5, 0.0), (0.5, 1.0), (0.0, 1.0)]
 

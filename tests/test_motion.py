@@ -13,11 +13,11 @@ import cv2
 import numpy as np
 import pytest
 
+from guetteur.analytics.masks import PolygonMask
+from guetteur.analytics.motion import MotionDetector, MotionResult
 from guetteur.config import MotionConfig
-from guetteur.masks import PolygonMask
-from guetteur.media import Box
-from guetteur.motion import MotionDetector, MotionResult
-from guetteur.synthetic import Scenario, scenario, write_clip, write_truth
+from guetteur.dev.synthetic import Scenario, scenario, write_clip, write_truth
+from guetteur.media.types import Box
 
 W, H, FPS = 320, 180, 5.0
 ROOT = Path(__file__).resolve().parents[1]

@@ -11,12 +11,12 @@ from pathlib import Path
 
 import pytest
 
-from guetteur import protocol
 from guetteur.config import MqttConfig, OutboxConfig
-from guetteur.link import Link
-from guetteur.outbox import Outbox
-from guetteur.publish import ClipFile, OutboundItem, Priority
 from guetteur.timeutil import iso_ms
+from guetteur.uplink import protocol
+from guetteur.uplink.link import Link
+from guetteur.uplink.outbox import Outbox
+from guetteur.uplink.publish import ClipFile, OutboundItem, Priority
 from tests.contract import kind_for_topic, validate, validate_payload
 from tests.fixtures.broker import MosquittoBroker
 from tests.recorder import Recorded, Recorder

@@ -18,13 +18,13 @@ import cv2
 import numpy as np
 import paho.mqtt.client as mqtt
 
-from guetteur import protocol
 from guetteur.centre.client import CentreClient
 from guetteur.config import validate_config
-from guetteur.gateway import Gateway
-from guetteur.media import EncodedPacket
-from guetteur.mqttutil import user_properties
+from guetteur.media.types import EncodedPacket
+from guetteur.runtime.gateway import Gateway
 from guetteur.timeutil import parse_iso
+from guetteur.uplink import protocol
+from guetteur.uplink.mqttutil import user_properties
 from tests.fixtures.broker import MosquittoBroker, free_port
 from tests.fixtures.media import MediaFactory
 from tests.fixtures.rtsp import RtspServerFactory

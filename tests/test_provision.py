@@ -13,8 +13,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from guetteur import provision as prov
 from guetteur.config import load_config
+from guetteur.ops import provision as prov
 from tests.helpers_pki import make_ca
 
 TOKEN = "enrol-7f3a9c1e-secret"
@@ -239,7 +239,7 @@ def test_windows_bom_is_accepted(layout: tuple[Path, Path, Path]) -> None:
 
 
 def test_board_override_is_kept_for_the_agent(layout: tuple[Path, Path, Path]) -> None:
-    from guetteur.hwprofile import detect_board
+    from guetteur.ops.hwprofile import detect_board
 
     boot, etc, state = layout
     write(boot, good_file(board="jetson-orin-nano"))

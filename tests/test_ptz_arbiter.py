@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from guetteur.protocol import ErrorCode
 from guetteur.ptz.arbiter import Arbiter, Command, Limits, Refusal, validate
+from guetteur.uplink.protocol import ErrorCode
 
 
 class Clock:

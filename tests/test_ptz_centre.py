@@ -13,12 +13,12 @@ from collections.abc import Iterator
 import pytest
 import serial
 
-from guetteur.audit import AuditTrail
 from guetteur.centre import ptz as centre_ptz
-from guetteur.commands import CommandDispatcher
 from guetteur.config import CameraConfig, MqttConfig, PtzConfig
-from guetteur.link import DirectPublisher, Link
 from guetteur.ptz.service import PtzService
+from guetteur.uplink.audit import AuditTrail
+from guetteur.uplink.commands import CommandDispatcher
+from guetteur.uplink.link import DirectPublisher, Link
 from tests.fixtures.broker import MosquittoBroker
 from tests.fixtures.serial import PtyPair
 

@@ -26,13 +26,13 @@ import pytest
 import serial
 
 from guetteur.config import PtzConfig
-from guetteur.protocol import ErrorCode
 from guetteur.ptz import pelco_d, visca
 from guetteur.ptz.base import DriverError
 from guetteur.ptz.pelco_d import PelcoDDriver
 from guetteur.ptz.serial_line import SerialLine
 from guetteur.ptz.service import make_driver
 from guetteur.ptz.visca import ViscaDriver
+from guetteur.uplink.protocol import ErrorCode
 from tests.fixtures.serial import PtyPair, read_exactly
 
 

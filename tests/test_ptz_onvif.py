@@ -13,12 +13,12 @@ from typing import Any
 
 import pytest
 
-from guetteur.audit import AuditTrail
-from guetteur.commands import CommandDispatcher
 from guetteur.config import CameraConfig, PtzConfig
-from guetteur.protocol import ErrorCode
 from guetteur.ptz.onvif import envelope
 from guetteur.ptz.service import PtzService
+from guetteur.uplink.audit import AuditTrail
+from guetteur.uplink.commands import CommandDispatcher
+from guetteur.uplink.protocol import ErrorCode
 from tests.fixtures.onvif import OnvifCamera
 from tests.test_ptz_service import CollectingPublisher
 

@@ -14,12 +14,12 @@ from typing import Any
 import pytest
 import serial
 
-from guetteur.audit import AuditTrail
-from guetteur.commands import CommandDispatcher
 from guetteur.config import CameraConfig, PtzConfig
-from guetteur.protocol import ErrorCode
 from guetteur.ptz.service import PtzService
-from guetteur.publish import ClipFile, OutboundItem
+from guetteur.uplink.audit import AuditTrail
+from guetteur.uplink.commands import CommandDispatcher
+from guetteur.uplink.protocol import ErrorCode
+from guetteur.uplink.publish import ClipFile, OutboundItem
 from tests.fixtures.serial import PtyPair, read_exactly
 
 STOP = bytes.fromhex("FF 01 00 00 00 00 01")

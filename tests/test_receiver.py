@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from guetteur import protocol
 from guetteur.centre.receiver import Incoming, Receiver, Store
-from guetteur.link import DirectPublisher
-from guetteur.publish import Publisher
+from guetteur.uplink import protocol
+from guetteur.uplink.link import DirectPublisher
+from guetteur.uplink.publish import Publisher
 from tests.contract import validate_payload
 from tests.fixtures.broker import MosquittoBroker
 from tests.recorder import Recorder

@@ -13,14 +13,14 @@ from pathlib import Path
 import pytest
 
 from guetteur.config import RecordingConfig
-from guetteur.recorder import (
+from guetteur.record.recorder import (
     Recorder,
     SegmentIndex,
     parse_segment_name,
     reconcile,
     segment_name,
 )
-from guetteur.retention import DAY_S
+from guetteur.record.retention import DAY_S
 from tests.recording_agent import Clip, decode_strict, feed, load_clip, make_h264
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 
-from guetteur.retention import DAY_S, DiskState, Limits, Pin, SegmentRef, plan_purge
+from guetteur.record.retention import DAY_S, DiskState, Limits, Pin, SegmentRef, plan_purge
 
 NOW = 1_800_000_000.0
 

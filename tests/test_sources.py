@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 from guetteur.config import CameraConfig
-from guetteur.media import AnalyticFrame, EncodedPacket
+from guetteur.media.types import AnalyticFrame, EncodedPacket
 from guetteur.sources import UnsupportedSource, open_source
 from guetteur.sources.base import CameraStatus
 from guetteur.sources.decode import (

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 
 from guetteur.config import validate_config
-from guetteur.gateway import MAX_RESTARTS_WITHOUT_PACKET, Gateway
-from guetteur.health import HealthSupervisor
-from guetteur.media import AnalyticFrame, EncodedPacket
+from guetteur.media.types import AnalyticFrame, EncodedPacket
+from guetteur.runtime.gateway import MAX_RESTARTS_WITHOUT_PACKET, Gateway
+from guetteur.runtime.health import HealthSupervisor
 from guetteur.sources import open_source
 from guetteur.sources.base import CameraStatus, Source, SourceSink
 from tests.fixtures.broker import MosquittoBroker

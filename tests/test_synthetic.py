@@ -10,7 +10,7 @@ import av
 import numpy as np
 import pytest
 
-from guetteur.synthetic import SCENARIO_NAMES, scenario, write_clip, write_truth
+from guetteur.dev.synthetic import SCENARIO_NAMES, scenario, write_clip, write_truth
 
 
 def test_every_scene_renders_bgr_frames_of_the_asked_size() -> None:

@@ -18,10 +18,10 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from guetteur import updates
+from guetteur.ops import updates
 
 AGENT_SOURCE = textwrap.dedent('''
-    """A stand-in agent: reports health the way guetteur.health.HealthSupervisor does."""
+    """A stand-in agent: reports health the way guetteur.runtime.health.HealthSupervisor does."""
     import json, os, sys, time
     from importlib.metadata import version
 

@@ -22,12 +22,12 @@ log = logging.getLogger("guetteur")
 
 # name -> (module, one-line help). Each module has add_arguments(parser) and run(args).
 EXTERNAL_COMMANDS: dict[str, tuple[str, str]] = {
-    "doctor": ("guetteur.doctor", "check this gateway: config, cameras, broker, clock, disk"),
-    "detect": ("guetteur.detect", "run the object detector on an image or video file"),
-    "discover": ("guetteur.discover", "find ONVIF cameras on the LAN (WS-Discovery)"),
-    "export": ("guetteur.exportcli", "export a recorded time range of a camera to MP4"),
-    "provision": ("guetteur.provision", "first-boot provisioning from the boot partition"),
-    "update": ("guetteur.updates", "verify and install a signed agent update bundle"),
+    "doctor": ("guetteur.ops.doctor", "check this gateway: config, cameras, broker, clock, disk"),
+    "detect": ("guetteur.analytics.detect", "run the object detector on an image or video file"),
+    "discover": ("guetteur.ops.discover", "find ONVIF cameras on the LAN (WS-Discovery)"),
+    "export": ("guetteur.record.export_cli", "export a recorded time range of a camera to MP4"),
+    "provision": ("guetteur.ops.provision", "first-boot provisioning from the boot partition"),
+    "update": ("guetteur.ops.updates", "verify and install a signed agent update bundle"),
 }
 CENTRE_COMMANDS: dict[str, tuple[str, str]] = {
     "events": ("guetteur.centre.events", "print events as the centre receives them"),
@@ -142,7 +142,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         print("the agent does not start with an invalid config", file=sys.stderr)
         return 1
     setup_logging(args.log_level or config.logging.level)
-    from guetteur.gateway import Gateway
+    from guetteur.runtime.gateway import Gateway
 
     stop = threading.Event()
     _install_stop_handlers(stop)
@@ -156,7 +156,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from guetteur.demo import run_demo
+    from guetteur.dev.demo import run_demo
 
     setup_logging(args.log_level or "WARNING")
     stop = threading.Event()

@@ -17,7 +17,7 @@ from urllib.parse import urlsplit, urlunsplit
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 
-from guetteur.protocol import DEFAULT_ROOT, ID_PATTERN
+from guetteur.uplink.protocol import DEFAULT_ROOT, ID_PATTERN
 
 SOURCE_SCHEMES = ("rtsp://", "rtsps://", "file:", "test:", "picamera2:", "v4l2:")
 _SCHEMES_SENTENCE = "expected rtsp://, rtsps://, file:, test:, picamera2: or v4l2:"

@@ -24,7 +24,7 @@ SYSLOG_IDENTIFIER = "guetteur"
 
 
 class UtcMsFormatter(logging.Formatter):
-    """``2026-11-23T10:15:42.123Z WARNING guetteur.link: message`` (UTC, milliseconds)."""
+    """``2026-11-23T10:15:42.123Z WARNING guetteur.uplink.link: message`` (UTC, milliseconds)."""
 
     def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
         return iso_ms(record.created)

@@ -316,7 +316,7 @@ def lint_tmpfiles(path: Path) -> list[str]:
 
 def cmd_lint(root: Path) -> None:
     sys.path.insert(0, str(root / "agent"))
-    from guetteur.hwprofile import ProfileError, load_profile_file
+    from guetteur.ops.hwprofile import ProfileError, load_profile_file
 
     problems: list[str] = []
     for layer in sorted(LAYER.glob("*.yaml")):

@@ -16,8 +16,8 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
-from guetteur import protocol
-from guetteur.mqttutil import configure_tls, new_client, parse_broker_url, publish_properties
+from guetteur.uplink import protocol
+from guetteur.uplink.mqttutil import configure_tls, new_client, parse_broker_url, publish_properties
 
 log = logging.getLogger(__name__)
 

@@ -17,9 +17,9 @@ from typing import TextIO
 
 import paho.mqtt.client as mqtt
 
-from guetteur import protocol
 from guetteur.centre.client import CentreClient, CentreError
-from guetteur.mqttutil import user_properties
+from guetteur.uplink import protocol
+from guetteur.uplink.mqttutil import user_properties
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -30,10 +30,10 @@ from typing import Any, BinaryIO
 
 import paho.mqtt.client as mqtt
 
-from guetteur import protocol
 from guetteur.centre.client import CentreClient, CentreError
-from guetteur.mqttutil import user_properties
-from guetteur.protocol import Topics
+from guetteur.uplink import protocol
+from guetteur.uplink.mqttutil import user_properties
+from guetteur.uplink.protocol import Topics
 
 log = logging.getLogger(__name__)
 

@@ -17,9 +17,9 @@ import sys
 import time
 from typing import Any
 
-from guetteur import protocol
 from guetteur.centre.client import CentreClient, CentreError
 from guetteur.ptz.arbiter import ACTIONS, CONTINUOUS
+from guetteur.uplink import protocol
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

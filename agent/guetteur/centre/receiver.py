@@ -41,9 +41,9 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
-from guetteur import protocol
-from guetteur.mqttutil import configure_tls, content_type, parse_broker_url, user_properties
 from guetteur.timeutil import iso_ms
+from guetteur.uplink import protocol
+from guetteur.uplink.mqttutil import configure_tls, content_type, parse_broker_url, user_properties
 
 log = logging.getLogger(__name__)
 

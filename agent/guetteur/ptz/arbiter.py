@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from guetteur.config import PtzConfig
-from guetteur.protocol import ErrorCode
+from guetteur.uplink.protocol import ErrorCode
 
 Action = Literal[
     "move", "stop", "zoom", "goto_preset", "set_preset", "home", "absolute", "relative"

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
-from guetteur.protocol import ErrorCode
+from guetteur.uplink.protocol import ErrorCode
 
 
 class DriverError(Exception):

@@ -24,8 +24,8 @@ from datetime import UTC, datetime
 from urllib.parse import urlsplit
 from xml.sax.saxutils import escape
 
-from guetteur.protocol import ErrorCode
 from guetteur.ptz.base import DriverError, PtzStatus
+from guetteur.uplink.protocol import ErrorCode
 
 NS = {
     "s": "http://www.w3.org/2003/05/soap-envelope",

@@ -8,8 +8,8 @@ import time
 
 import serial
 
-from guetteur.protocol import ErrorCode
 from guetteur.ptz.base import DriverError
+from guetteur.uplink.protocol import ErrorCode
 
 log = logging.getLogger(__name__)
 

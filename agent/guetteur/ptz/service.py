@@ -16,16 +16,16 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from guetteur.audit import AuditTrail
-from guetteur.commands import CommandContext, CommandDispatcher, CommandError
 from guetteur.config import CameraConfig, PtzConfig
-from guetteur.protocol import ErrorCode
 from guetteur.ptz.arbiter import CONTINUOUS, Action, Arbiter, Command, Limits, Refusal, validate
 from guetteur.ptz.base import DriverError, PtzDriver
 from guetteur.ptz.onvif import OnvifPtzDriver
 from guetteur.ptz.pelco_d import PelcoDDriver
 from guetteur.ptz.serial_line import SerialLine
 from guetteur.ptz.visca import ViscaDriver, ViscaUdpLine
+from guetteur.uplink.audit import AuditTrail
+from guetteur.uplink.commands import CommandContext, CommandDispatcher, CommandError
+from guetteur.uplink.protocol import ErrorCode
 
 log = logging.getLogger(__name__)
 

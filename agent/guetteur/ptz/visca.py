@@ -25,9 +25,9 @@ import socket
 import struct
 import threading
 
-from guetteur.protocol import ErrorCode
 from guetteur.ptz.base import DriverError, NotSupported, PtzStatus
 from guetteur.ptz.serial_line import SerialLine
+from guetteur.uplink.protocol import ErrorCode
 
 TERMINATOR = 0xFF
 PAN_MAX, TILT_MAX, ZOOM_MAX = 0x18, 0x17, 0x07

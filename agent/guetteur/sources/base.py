@@ -13,7 +13,7 @@ import threading
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from guetteur.media import AnalyticFrame, EncodedPacket
+from guetteur.media.types import AnalyticFrame, EncodedPacket
 
 
 @dataclass

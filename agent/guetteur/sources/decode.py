@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 import cv2
 import numpy as np
 
-from guetteur.media import StreamInfo
+from guetteur.media.types import StreamInfo
 
 if TYPE_CHECKING:
     import av

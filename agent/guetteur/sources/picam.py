@@ -24,7 +24,7 @@ from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 from guetteur.config import CameraConfig
-from guetteur.media import AnalyticFrame, EncodedPacket, StreamInfo
+from guetteur.media.types import AnalyticFrame, EncodedPacket, StreamInfo
 from guetteur.sources.base import Backoff, SourceSink
 from guetteur.sources.decode import (
     FrameSampler,

@@ -29,7 +29,7 @@ from urllib.parse import urlsplit
 import av
 
 from guetteur.config import CameraConfig, redact_url
-from guetteur.media import AnalyticFrame, EncodedPacket, StreamInfo
+from guetteur.media.types import AnalyticFrame, EncodedPacket, StreamInfo
 from guetteur.sources.base import Backoff, SourceSink
 from guetteur.sources.decode import (
     AccessUnit,

@@ -1,6 +1,6 @@
 """``test:NAME?key=value&...`` — a generated camera that needs no file and no network.
 
-Frames come from ``guetteur.synthetic`` (scripted scenes with known truth: ``walk``, ``car``,
+Frames come from ``guetteur.dev.synthetic`` (scripted scenes with known truth: ``walk``, ``car``,
 ``lighting``, ``night``, ``foliage``, ``quiet``), are encoded to real H.264 with libx264
 (ultrafast, zerolatency, no B-frames, SPS/PPS before every keyframe, like an IP camera) and
 handed on in real time, looping. Analytic frames are decoded back from those packets, so the
@@ -27,7 +27,7 @@ from urllib.parse import parse_qsl, urlsplit
 import av
 
 from guetteur.config import CameraConfig
-from guetteur.media import AnalyticFrame, EncodedPacket
+from guetteur.media.types import AnalyticFrame, EncodedPacket
 from guetteur.sources.base import Backoff, SourceSink
 from guetteur.sources.decode import (
     DecodePlan,
@@ -143,7 +143,7 @@ class TestPatternSource:
             reporter.update(STOPPED)  # keeps last_error: why it was failing, if it was
 
     def _stream(self, sink: SourceSink, stop: threading.Event, reporter: StatusReporter) -> None:
-        from guetteur import synthetic
+        from guetteur.dev import synthetic
 
         spec = parse_test_url(self.camera.url)
         scene = synthetic.scenario(

@@ -16,17 +16,17 @@ from pathlib import Path
 
 import paho.mqtt.client as mqtt
 
-from guetteur import protocol
 from guetteur.centre.client import CentreClient, CentreError
 from guetteur.config import validate_config
-from guetteur.devbroker import BrokerError, PrivateBroker
-from guetteur.mqttutil import user_properties
+from guetteur.dev.broker import BrokerError, PrivateBroker
+from guetteur.uplink import protocol
+from guetteur.uplink.mqttutil import user_properties
 
 DEMO_CAMERA = "test:walk?start=3&end=6&duration=10"
 
 
 def run_demo(seconds: float, stop: threading.Event) -> int:
-    from guetteur.gateway import Gateway
+    from guetteur.runtime.gateway import Gateway
 
     workdir = Path(tempfile.mkdtemp(prefix="guetteur-demo-"))
     try:

@@ -23,12 +23,12 @@ from typing import Any
 import av
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from guetteur.commands import CommandContext, CommandDispatcher, CommandError
 from guetteur.config import EventsConfig, GuetteurConfig
-from guetteur.protocol import ErrorCode, valid_id
-from guetteur.publish import ClipFile, Publisher
-from guetteur.recorder import Recorder, Segment, SegmentIndex
+from guetteur.record.recorder import Recorder, Segment, SegmentIndex
 from guetteur.timeutil import iso_ms, parse_iso
+from guetteur.uplink.commands import CommandContext, CommandDispatcher, CommandError
+from guetteur.uplink.protocol import ErrorCode, valid_id
+from guetteur.uplink.publish import ClipFile, Publisher
 
 log = logging.getLogger(__name__)
 

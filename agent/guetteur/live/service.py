@@ -60,13 +60,13 @@ from typing import Any, Literal, Protocol
 import av
 from pydantic import BaseModel, ConfigDict, Field
 
-from guetteur import protocol
-from guetteur.audit import AuditTrail
-from guetteur.commands import CommandContext, CommandDispatcher, CommandError
 from guetteur.config import CameraConfig, LiveConfig
-from guetteur.media import EncodedPacket, StreamInfo
-from guetteur.protocol import ErrorCode, Topics
+from guetteur.media.types import EncodedPacket, StreamInfo
 from guetteur.timeutil import iso_ms
+from guetteur.uplink import protocol
+from guetteur.uplink.audit import AuditTrail
+from guetteur.uplink.commands import CommandContext, CommandDispatcher, CommandError
+from guetteur.uplink.protocol import ErrorCode, Topics
 
 log = logging.getLogger(__name__)
 
@@ -546,7 +546,7 @@ class LiveHub:
 
 
 class LiveLink(Protocol):
-    """What live needs of guetteur.link.Link."""
+    """What live needs of guetteur.uplink.link.Link."""
 
     topics: Topics
 

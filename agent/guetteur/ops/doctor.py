@@ -631,7 +631,7 @@ def run_checks(
     checks.append(cfg_check)
     if config is None:
         return checks
-    from guetteur.hwprofile import ProfileError, detect_board
+    from guetteur.ops.hwprofile import ProfileError, detect_board
 
     try:
         profile = detect_board(override=board)

@@ -15,10 +15,10 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from guetteur import protocol
-from guetteur.audit import AuditTrail
 from guetteur.config import validation_problems
-from guetteur.protocol import ErrorCode
+from guetteur.uplink import protocol
+from guetteur.uplink.audit import AuditTrail
+from guetteur.uplink.protocol import ErrorCode
 
 log = logging.getLogger(__name__)
 

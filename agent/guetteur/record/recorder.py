@@ -33,10 +33,18 @@ from typing import Any
 import av
 
 from guetteur.config import RecordingConfig
-from guetteur.media import EncodedPacket, StreamInfo
-from guetteur.protocol import valid_id
-from guetteur.retention import DAY_S, DiskState, Limits, Pin, PurgePlan, SegmentRef, plan_purge
+from guetteur.media.types import EncodedPacket, StreamInfo
+from guetteur.record.retention import (
+    DAY_S,
+    DiskState,
+    Limits,
+    Pin,
+    PurgePlan,
+    SegmentRef,
+    plan_purge,
+)
 from guetteur.timeutil import iso_ms
+from guetteur.uplink.protocol import valid_id
 
 log = logging.getLogger(__name__)
 

@@ -11,7 +11,7 @@ from a timer thread: a timer would keep petting while the loop that should notic
 itself hung, which is exactly what the watchdog exists to catch.
 
 :meth:`HealthSupervisor.tick` also writes a small JSON health file (``/run/guetteur/health.json``
-under systemd, on tmpfs: no SD-card wear). The update helper (:mod:`guetteur.updates`) waits on
+under systemd, on tmpfs: no SD-card wear). The update helper (:mod:`guetteur.ops.updates`) waits on
 it after switching releases to decide whether to keep the new release or roll back.
 """
 

@@ -38,8 +38,8 @@ from cryptography.x509.oid import NameOID
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 
 from guetteur.config import ConfigError, validate_config, validation_problems
-from guetteur.protocol import ID_PATTERN
 from guetteur.timeutil import iso_ms
+from guetteur.uplink.protocol import ID_PATTERN
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +52,7 @@ CSR_FILE = "device.csr"
 CERT_FILE = "device.crt"
 TOKEN_FILE = "enrolment.token"
 DONE_MARKER = ".provisioned"
-BOARD_FILE = "board"  # read by guetteur.hwprofile.detect_board (/etc/guetteur/board)
+BOARD_FILE = "board"  # read by guetteur.ops.hwprofile.detect_board (/etc/guetteur/board)
 
 
 class ProvisionError(Exception):
@@ -311,7 +311,7 @@ def plan_provisioning(
             cameras.append(entry)
 
     if prov.board and prov.board != "auto":
-        from guetteur.hwprofile import available_profiles
+        from guetteur.ops.hwprofile import available_profiles
 
         known = sorted(available_profiles())
         if prov.board not in known:
@@ -498,7 +498,7 @@ def provision(
 
 
 def _board_data_dir(boot_dir: Path) -> str:
-    from guetteur.hwprofile import ProfileError, detect_board
+    from guetteur.ops.hwprofile import ProfileError, detect_board
 
     try:
         raw = yaml.safe_load((boot_dir / PROVISION_FILE).read_text(encoding="utf-8-sig"))
@@ -512,7 +512,7 @@ def _board_data_dir(boot_dir: Path) -> str:
 
 
 def _discover_for_provisioning(creds: DiscoverCredentials | None) -> list[dict[str, Any]]:
-    from guetteur.discover import cameras_for_config, discover
+    from guetteur.ops.discover import cameras_for_config, discover
 
     user = creds.username if creds else None
     password = creds.password.get_secret_value() if creds and creds.password else None

@@ -12,11 +12,17 @@ import sys
 import time
 from pathlib import Path
 
-from guetteur.clips import ClipError, check_export, cut_clip, recorded_gaps, wait_for_recording
-from guetteur.commands import CommandError
 from guetteur.config import ConfigError, load_config
-from guetteur.recorder import SegmentIndex
+from guetteur.record.clips import (
+    ClipError,
+    check_export,
+    cut_clip,
+    recorded_gaps,
+    wait_for_recording,
+)
+from guetteur.record.recorder import SegmentIndex
 from guetteur.timeutil import iso_ms, parse_iso
+from guetteur.uplink.commands import CommandError
 
 DEFAULT_CONFIG = "/etc/guetteur/guetteur.yaml"
 

@@ -19,19 +19,19 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
-from guetteur import protocol
-from guetteur.commands import CommandDispatcher
 from guetteur.config import MqttConfig
-from guetteur.mqttutil import (
+from guetteur.timeutil import iso_ms
+from guetteur.uplink import protocol
+from guetteur.uplink.commands import CommandDispatcher
+from guetteur.uplink.mqttutil import (
     configure_tls,
     new_client,
     parse_broker_url,
     publish_properties,
     user_properties,
 )
-from guetteur.protocol import Topics
-from guetteur.publish import ClipFile, OutboundItem
-from guetteur.timeutil import iso_ms
+from guetteur.uplink.protocol import Topics
+from guetteur.uplink.publish import ClipFile, OutboundItem
 
 log = logging.getLogger(__name__)
 
@@ -353,7 +353,7 @@ class Link:
 class DirectPublisher:
     """Publishes items straight away with QoS 1 (paho queues them in memory while offline).
 
-    The first, non-durable Publisher. The outbox (guetteur.outbox) replaces it when enabled.
+    The first, non-durable Publisher. The outbox (guetteur.uplink.outbox) replaces it when enabled.
     """
 
     def __init__(self, link: Link) -> None:

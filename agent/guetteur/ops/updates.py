@@ -10,7 +10,7 @@ A bundle (``*.gtb``) is a tar archive holding::
 Releases live under ``/opt/guetteur/releases/<version>`` (each a venv); ``/opt/guetteur/current``
 is a symlink switched atomically (a new link renamed over the old one). After the switch the agent
 is restarted with a command hook (``systemctl restart guetteur.service`` in production) and the
-helper waits for the agent's health file (written by :class:`guetteur.health.HealthSupervisor`)
+helper waits for the agent's health file (written by :class:`guetteur.runtime.health.HealthSupervisor`)
 to say "healthy" with the new version. If it does not within the timeout, ``current`` goes back
 to the previous release and the agent is restarted again.
 
@@ -42,7 +42,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from guetteur.health import read_health_file
+from guetteur.runtime.health import read_health_file
 from guetteur.timeutil import iso_ms
 
 log = logging.getLogger(__name__)

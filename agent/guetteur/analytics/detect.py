@@ -32,7 +32,7 @@ import numpy as np
 import yaml
 
 from guetteur.config import DetectFilter, DetectionConfig
-from guetteur.media import AnalyticFrame, Box
+from guetteur.media.types import AnalyticFrame, Box
 
 log = logging.getLogger(__name__)
 
@@ -962,8 +962,8 @@ def add_arguments(parser: Any) -> None:
 def run(args: Any) -> int:
     import av  # only this command reads files
 
+    from guetteur.analytics.motion import MotionDetector
     from guetteur.config import ConfigError, load_config
-    from guetteur.motion import MotionDetector
 
     flt = DetectFilter()
     detection = DetectionConfig()

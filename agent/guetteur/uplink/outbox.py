@@ -45,11 +45,11 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 
-from guetteur import protocol
 from guetteur.config import OutboxConfig
-from guetteur.link import Link
-from guetteur.publish import ClipFile, OutboundItem, Priority
 from guetteur.timeutil import iso_ms
+from guetteur.uplink import protocol
+from guetteur.uplink.link import Link
+from guetteur.uplink.publish import ClipFile, OutboundItem, Priority
 
 log = logging.getLogger(__name__)
 

@@ -24,32 +24,33 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, ConfigDict
 
-from guetteur import __version__, protocol
-from guetteur.audit import AuditTrail
-from guetteur.clips import EventClipper, ExportService
-from guetteur.commands import CommandContext, CommandDispatcher, CommandError
-from guetteur.config import CameraConfig, GuetteurConfig
-from guetteur.detect import (
+from guetteur import __version__
+from guetteur.analytics.detect import (
     Detection,
     DetectorError,
     DetectorWorker,
     filter_detections,
     load_detector,
 )
-from guetteur.events import EventTracker, EventUpdate, encode_jpeg
-from guetteur.health import HealthSupervisor
-from guetteur.link import DirectPublisher, Link
-from guetteur.live import LiveHub, LiveService
-from guetteur.masks import PolygonMask
-from guetteur.media import AnalyticFrame, EncodedPacket
-from guetteur.motion import MotionDetector
-from guetteur.outbox import Outbox
+from guetteur.analytics.events import EventTracker, EventUpdate, encode_jpeg
+from guetteur.analytics.masks import PolygonMask
+from guetteur.analytics.motion import MotionDetector
+from guetteur.config import CameraConfig, GuetteurConfig
+from guetteur.live.service import LiveHub, LiveService
+from guetteur.media.types import AnalyticFrame, EncodedPacket
 from guetteur.ptz.service import PtzService
-from guetteur.publish import OutboundItem, Priority, Publisher
-from guetteur.recorder import Recorder
+from guetteur.record.clips import EventClipper, ExportService
+from guetteur.record.recorder import Recorder
+from guetteur.runtime.health import HealthSupervisor
 from guetteur.sources import open_source
 from guetteur.sources.base import CameraStatus, Source
 from guetteur.timeutil import clock_synchronised, iso_ms
+from guetteur.uplink import protocol
+from guetteur.uplink.audit import AuditTrail
+from guetteur.uplink.commands import CommandContext, CommandDispatcher, CommandError
+from guetteur.uplink.link import DirectPublisher, Link
+from guetteur.uplink.outbox import Outbox
+from guetteur.uplink.publish import OutboundItem, Priority, Publisher
 
 log = logging.getLogger(__name__)
 

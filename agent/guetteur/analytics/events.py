@@ -25,7 +25,7 @@ import cv2
 import numpy as np
 
 from guetteur.config import EventsConfig
-from guetteur.media import AnalyticFrame, Box
+from guetteur.media.types import AnalyticFrame, Box
 from guetteur.timeutil import clock_synchronised, iso_ms
 
 EventKind = Literal["start", "update", "end"]
@@ -35,7 +35,7 @@ _MAX_GAP_S = 30.0
 
 
 class MotionLike(Protocol):
-    """What the tracker needs of a motion result (guetteur.motion.MotionResult)."""
+    """What the tracker needs of a motion result (guetteur.analytics.motion.MotionResult)."""
 
     @property
     def motion(self) -> bool: ...
@@ -48,7 +48,7 @@ class MotionLike(Protocol):
 
 
 class DetectionLike(Protocol):
-    """What the tracker needs of a detection (guetteur.detect.Detection)."""
+    """What the tracker needs of a detection (guetteur.analytics.detect.Detection)."""
 
     @property
     def label(self) -> str: ...

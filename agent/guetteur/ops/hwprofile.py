@@ -33,7 +33,7 @@ def profile_dirs() -> list[Path]:
     if env:
         dirs.append(Path(env))
     dirs.append(Path("/usr/share/guetteur/hw/profiles"))
-    dirs.append(Path(__file__).resolve().parents[2] / "hw" / "profiles")
+    dirs.append(Path(__file__).resolve().parents[3] / "hw" / "profiles")
     return dirs
 
 

@@ -6,9 +6,9 @@ import logging
 import uuid
 from typing import Any
 
-from guetteur import protocol
-from guetteur.publish import OutboundItem, Priority, Publisher
 from guetteur.timeutil import iso_ms
+from guetteur.uplink import protocol
+from guetteur.uplink.publish import OutboundItem, Priority, Publisher
 
 log = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """Motion detector: one analysed frame in, moving boxes and a score out.
 
 Pure apart from its background model: ``MotionDetector.process(image) -> MotionResult``. No clock,
-no I/O; the caller owns timing (``guetteur.events``) and privacy blackout (``guetteur.masks``).
+no I/O; the caller owns timing (``guetteur.analytics.events``) and privacy blackout (``guetteur.analytics.masks``).
 
 Pipeline, per frame (designed for ~320x180 at 5 fps on a Raspberry Pi; docs/motion.md has the
 details and the measurements behind the limits):
@@ -40,9 +40,9 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from guetteur.analytics.masks import NormPolygon, PolygonMask
 from guetteur.config import MotionConfig
-from guetteur.masks import NormPolygon, PolygonMask
-from guetteur.media import Box
+from guetteur.media.types import Box
 
 # Pixels darker than this (background grey level) or brighter than _SATURATED say little about
 # the exposure gain (noise floor, clipping) and are left out of its estimate.

@@ -1,0 +1,1 @@
+"""For demos and tests: the demo, a private broker, synthetic scenes with known truth."""

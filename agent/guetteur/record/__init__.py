@@ -1,0 +1,1 @@
+"""Recording: the ring buffer of encoded segments, its index, retention, clips and export."""

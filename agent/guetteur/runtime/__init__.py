@@ -1,0 +1,1 @@
+"""The running agent: builds every part from the config, wires the data flow, supervises it."""
