@@ -36,7 +36,8 @@ from guetteur.analytics.events import EventTracker, EventUpdate, encode_jpeg
 from guetteur.analytics.masks import PolygonMask
 from guetteur.analytics.motion import MotionDetector
 from guetteur.config import CameraConfig, GuetteurConfig
-from guetteur.live.service import LiveHub, LiveService
+from guetteur.live.hub import LiveHub
+from guetteur.live.service import LiveService
 from guetteur.media.types import AnalyticFrame, EncodedPacket
 from guetteur.ptz.service import PtzService
 from guetteur.record.clips import EventClipper, ExportService
