@@ -13,14 +13,10 @@ from pathlib import Path
 import pytest
 
 from guetteur.config import RecordingConfig
-from guetteur.record.recorder import (
-    Recorder,
-    SegmentIndex,
-    parse_segment_name,
-    reconcile,
-    segment_name,
-)
+from guetteur.record.index import SegmentIndex, parse_segment_name, segment_name
+from guetteur.record.recovery import reconcile
 from guetteur.record.retention import DAY_S
+from guetteur.record.writer import Recorder
 from tests.recording_agent import Clip, decode_strict, feed, load_clip, make_h264
 
 

@@ -41,7 +41,7 @@ from guetteur.live.service import LiveService
 from guetteur.media.types import AnalyticFrame, EncodedPacket
 from guetteur.ptz.service import PtzService
 from guetteur.record.clips import EventClipper, ExportService
-from guetteur.record.recorder import Recorder
+from guetteur.record.writer import Recorder
 from guetteur.runtime.health import HealthSupervisor
 from guetteur.sources import open_source
 from guetteur.sources.base import CameraStatus, Source
