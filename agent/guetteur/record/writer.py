@@ -8,7 +8,8 @@ header up front): packets are rewritten as Annex B with the parameter sets befor
 
 Threads: ``on_packet`` (the source's thread) only appends to a bounded in-memory queue; one writer
 thread muxes, writes through a large buffer and fsyncs once per segment, at close, before the
-segment enters the index; one retention thread executes the purge plans of ``record/retention.py``.
+segment enters the index; one retention thread runs ``record/purge.py`` (the plans of
+``record/retention.py``, executed).
 A kill -9 or a power cut therefore leaves an index that lists only fsynced, complete segments; at
 start-up ``reconcile`` (``record/recovery.py``) repairs the file that was being written (cut back
 to its last whole packet) and indexes or removes orphans.
@@ -17,9 +18,7 @@ to its last whole packet) and indexes or removes orphans.
 from __future__ import annotations
 
 import contextlib
-import errno
 import logging
-import shutil
 import sqlite3
 import threading
 import time
@@ -35,8 +34,9 @@ from guetteur.config import RecordingConfig
 from guetteur.media.bitstream import CODECS, AnnexBConverter, BitstreamError, parse_extradata
 from guetteur.media.types import EncodedPacket, StreamInfo
 from guetteur.record.index import SegmentIndex
+from guetteur.record.purge import RingPurger, is_disk_full
 from guetteur.record.recovery import reconcile, repair_and_probe
-from guetteur.record.retention import DAY_S, DiskState, Limits, Pin, PurgePlan, plan_purge
+from guetteur.record.retention import Pin, PurgePlan
 from guetteur.record.segment import OpenSegment
 from guetteur.timeutil import iso_ms
 from guetteur.uplink.protocol import valid_id
@@ -71,15 +71,6 @@ class RecorderStats:
     segments_purged: int = 0
     bytes_purged: int = 0
     write_errors: int = 0
-
-
-_SQLITE_FULL = 13
-
-
-def _is_enospc(exc: BaseException) -> bool:
-    if isinstance(exc, sqlite3.Error):
-        return getattr(exc, "sqlite_errorcode", None) == _SQLITE_FULL
-    return getattr(exc, "errno", None) == errno.ENOSPC
 
 
 class Recorder:
@@ -120,7 +111,9 @@ class Recorder:
         self._warn_lock = threading.Lock()
         self._indexed = threading.Condition()
         self._purge_wake = threading.Event()
-        self._urgent_free = 0
+        self._ring_purger = RingPurger(
+            self.index, config, clock, reserve_bytes=self._reserve_bytes, warn=self._warn
+        )
         self._purge_interval = purge_interval_s
         self._stop_purge = threading.Event()
         self._retention_lock = threading.Lock()
@@ -443,12 +436,9 @@ class Recorder:
 
     def _report_write_error(self, camera: str, exc: BaseException) -> None:
         now = iso_ms(self.clock())
-        if _is_enospc(exc):
-            self._urgent_free = max(
-                self._urgent_free,
-                2 * max((s.largest_segment for s in self._cameras.values()), default=0),
-                4 << 20,
-            )
+        if is_disk_full(exc):
+            largest = max((s.largest_segment for s in self._cameras.values()), default=0)
+            self._ring_purger.need_free(max(2 * largest, 4 << 20))
             self._warn(
                 "disk_full",
                 f"{now}: data partition of {self.rec_dir} full while recording {camera}; "
@@ -489,81 +479,19 @@ class Recorder:
             self._purge_wake.wait(self._purge_interval)
             self._purge_wake.clear()
 
-    def _limits(self) -> Limits:
-        cfg = self.config
+    def _run_retention(self) -> PurgePlan:
+        with self._retention_lock:
+            plan = self._ring_purger.run()
+            self.stats.segments_purged += len(plan.delete)
+            self.stats.bytes_purged += plan.freed_bytes
+            return plan
+
+    def _reserve_bytes(self) -> int:
         # Room for the segment each camera is writing and for one just closed that this pass
         # has not purged for yet: the files on disk then stay under the cap at every moment.
         active_since = time.monotonic() - 2 * _IDLE_CLOSE_S
-        reserve = sum(
+        return sum(
             2 * s.largest_segment
             for s in list(self._cameras.values())
             if s.last_seen_mono > active_since
-        )
-        return Limits(
-            legal_max_age_s=cfg.legal_max_age_days * DAY_S,
-            max_age_s=cfg.max_age_days * DAY_S if cfg.max_age_days is not None else None,
-            max_bytes=cfg.max_bytes,
-            max_percent=cfg.max_percent,
-            min_free_bytes=max(cfg.min_free_bytes, self._urgent_free),
-            reserve_bytes=reserve,
-        )
-
-    def _run_retention(self) -> PurgePlan:
-        with self._retention_lock:
-            now = self.clock()
-            limits = self._limits()
-            self._urgent_free = 0
-            usage = shutil.disk_usage(self.rec_dir)
-            disk = DiskState(partition_bytes=usage.total, free_bytes=usage.free)
-            self.index.drop_pins_older_than(now - limits.legal_max_age_s)
-            plan = plan_purge(
-                (s.ref() for s in self.index.iter_oldest_first()),
-                self.index.total_bytes(),
-                now,
-                limits,
-                self.index.pins(),
-                disk,
-            )
-            self._execute(plan)
-            if plan.shortfall_bytes > 0 and plan.kept_pinned:
-                self._warn(
-                    "pinned",
-                    f"{iso_ms(now)}: recordings exceed their size limit by "
-                    f"{plan.shortfall_bytes / 1e6:.0f} MB because {plan.kept_pinned} segments "
-                    "are kept for event clips not yet delivered",
-                )
-            return plan
-
-    def _execute(self, plan: PurgePlan) -> None:
-        if not plan.delete:
-            return
-        # Index first: the index must never list a deleted file. A crash in between leaves
-        # orphans that the next reconcile indexes again and the next pass purges.
-        try:
-            self.index.remove([s.segment_id for s in plan.delete])
-            index_first = True
-        except sqlite3.Error as exc:
-            if not _is_enospc(exc):
-                raise
-            # The index cannot even record a deletion on a full disk: free the files first,
-            # then forget them. Until then a clip may meet a missing file (a gap, not an error).
-            index_first = False
-        for seg in plan.delete:
-            path = self.rec_dir / seg.path
-            with contextlib.suppress(FileNotFoundError):
-                path.unlink()
-            with contextlib.suppress(OSError):
-                path.parent.rmdir()  # the day's directory, once empty
-        if not index_first:
-            self.index.remove([s.segment_id for s in plan.delete])
-        self.stats.segments_purged += len(plan.delete)
-        self.stats.bytes_purged += plan.freed_bytes
-        counts: dict[str, int] = {}
-        for reason in plan.reasons.values():
-            counts[reason] = counts.get(reason, 0) + 1
-        log.info(
-            "retention: %d segments purged (%.1f MB): %s",
-            len(plan.delete),
-            plan.freed_bytes / 1e6,
-            counts,
         )
