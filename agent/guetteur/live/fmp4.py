@@ -1,6 +1,6 @@
 """Fragmented MP4 from a camera's own packets, without re-encoding: one stream epoch in, an init
-segment (ftyp+moov) and CMAF fragments (moof+mdat pairs) out. Pure of threads and MQTT: the
-session (``live/session.py``) feeds it and publishes what it makes.
+segment (ftyp+moov) and CMAF fragments (moof+mdat pairs) out. No threads, no MQTT: the session
+(``live/session.py``) feeds it and publishes what it makes.
 
 - **Fragments** are made with FFmpeg's mp4 muxer in ``frag_every_frame`` mode (one moof+mdat
   per frame, written when the next frame arrives) and grouped here: this cuts exactly before
@@ -42,7 +42,6 @@ class AnnexBNormaliser:
     keyframes pass as they are (the init segment already describes the stream)."""
 
     def __init__(self, info: StreamInfo) -> None:
-        self.codec = info.codec
         self.converter = AnnexBConverter(parse_extradata(info.extradata, info.codec))
         self._started = False
 
