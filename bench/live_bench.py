@@ -50,7 +50,8 @@ from tests.fixtures.rtsp import RtspTestServer  # noqa: E402
 from guetteur.centre.client import CentreClient  # noqa: E402
 from guetteur.centre.live import LiveViewer  # noqa: E402
 from guetteur.config import CameraConfig, LiveConfig, MqttConfig  # noqa: E402
-from guetteur.live.service import LiveHub, LiveService  # noqa: E402
+from guetteur.live.hub import LiveHub  # noqa: E402
+from guetteur.live.service import LiveService  # noqa: E402
 from guetteur.media.types import AnalyticFrame, EncodedPacket  # noqa: E402
 from guetteur.sources import CameraStatus, open_source  # noqa: E402
 from guetteur.uplink.audit import AuditTrail  # noqa: E402

@@ -27,7 +27,7 @@ import av
 
 from guetteur.config import RecordingConfig
 from guetteur.media.types import EncodedPacket, StreamInfo
-from guetteur.record.recorder import Recorder
+from guetteur.record.writer import Recorder
 
 
 def cpu_s() -> float:

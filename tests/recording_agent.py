@@ -152,7 +152,7 @@ def decode_strict(path: Path) -> tuple[int, int, bool]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from guetteur.record.recorder import Recorder
+    from guetteur.record.writer import Recorder
 
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("data_dir", type=Path)

@@ -17,7 +17,8 @@ import yaml
 from guetteur.config import EventsConfig, GuetteurConfig, RecordingConfig
 from guetteur.record import export_cli as exportcli
 from guetteur.record.clips import ClipError, EventClipper, ExportService, coverage_gaps, cut_clip
-from guetteur.record.recorder import Recorder, SegmentIndex
+from guetteur.record.index import SegmentIndex
+from guetteur.record.writer import Recorder
 from guetteur.uplink.commands import CommandDispatcher
 from guetteur.uplink.publish import ClipFile, OutboundItem
 from tests.recording_agent import Clip, feed, load_clip, make_h264

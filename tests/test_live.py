@@ -27,18 +27,10 @@ import pytest
 from guetteur.centre.client import CentreClient
 from guetteur.centre.live import LiveError, LiveViewer, Output, StreamAssembler
 from guetteur.config import CameraConfig, LiveConfig, MqttConfig
-from guetteur.live.service import (
-    BoxSplitter,
-    LiveHub,
-    LiveService,
-    LiveStart,
-    Repackager,
-    annexb_units,
-    iter_boxes,
-    nal_type,
-    parameter_set_types,
-    parse_extradata,
-)
+from guetteur.live.fmp4 import BoxSplitter, Repackager, iter_boxes
+from guetteur.live.hub import LiveHub
+from guetteur.live.service import LiveService, LiveStart
+from guetteur.media.bitstream import annexb_units, nal_type, parameter_set_types, parse_extradata
 from guetteur.media.types import AnalyticFrame, EncodedPacket, StreamInfo
 from guetteur.sources import CameraStatus, open_source
 from guetteur.uplink import protocol

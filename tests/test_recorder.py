@@ -8,19 +8,16 @@ import random
 import shutil
 import subprocess
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from guetteur.config import RecordingConfig
-from guetteur.record.recorder import (
-    Recorder,
-    SegmentIndex,
-    parse_segment_name,
-    reconcile,
-    segment_name,
-)
+from guetteur.record.index import SegmentIndex, parse_segment_name, segment_name
+from guetteur.record.recovery import reconcile
 from guetteur.record.retention import DAY_S
+from guetteur.record.writer import Recorder
 from tests.recording_agent import Clip, decode_strict, feed, load_clip, make_h264
 
 
@@ -120,6 +117,30 @@ def test_waits_for_a_keyframe_and_splits_on_stream_change(
     assert rec.stats.packets_waiting_keyframe == 20
     assert segs[1].start == pytest.approx(wall1, abs=1e-3)
     check_index(index)
+    index.close()
+
+
+def test_malformed_packet_is_dropped_and_recording_resumes_at_the_next_keyframe(
+    clip_avcc: Clip, tmp_path: Path
+) -> None:
+    wall0 = time.time() - 60
+    rec = Recorder(config(segment_s=10), tmp_path)
+    packets = list(feed(clip_avcc, "cam1", wall0, loops=1))
+    assert packets[30].keyframe is False and packets[50].keyframe is True
+    # a P-frame whose last NAL length runs past the packet (a source that cut it short)
+    packets[30] = replace(packets[30], data=packets[30].data[:-7])
+    for pkt in packets:
+        rec.on_packet(pkt)
+    rec.close()
+    assert rec.stats.packets_malformed == 1
+    assert rec.stats.packets_waiting_keyframe == 19  # the rest of that GOP
+    index = SegmentIndex.for_data_dir(tmp_path)
+    segs = index.all_segments()
+    assert [(s.start - wall0, s.packets) for s in segs] == [
+        (pytest.approx(0.0, abs=1e-3), 30),
+        (pytest.approx(2.0, abs=1e-3), 200),
+    ]
+    check_index(index)  # nothing torn was written
     index.close()
 
 

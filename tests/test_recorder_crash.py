@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from guetteur.record.recorder import SegmentIndex
+from guetteur.record.index import SegmentIndex
 from tests.recording_agent import decode_strict, make_h264
 
 ROOT = Path(__file__).resolve().parents[1]

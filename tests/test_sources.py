@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 
 from guetteur.config import CameraConfig
+from guetteur.media.bitstream import annexb_parameter_sets
 from guetteur.media.types import AnalyticFrame, EncodedPacket
 from guetteur.sources import UnsupportedSource, open_source
 from guetteur.sources.base import CameraStatus
@@ -29,7 +30,6 @@ from guetteur.sources.decode import (
     StreamInfoCache,
     Timeline,
     analytic_size,
-    annexb_parameter_sets,
     yuv420_to_bgr,
 )
 from guetteur.sources.file import FileSource

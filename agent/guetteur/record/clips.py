@@ -24,7 +24,8 @@ import av
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from guetteur.config import EventsConfig, GuetteurConfig
-from guetteur.record.recorder import Recorder, Segment, SegmentIndex
+from guetteur.record.index import Segment, SegmentIndex
+from guetteur.record.writer import Recorder
 from guetteur.timeutil import iso_ms, parse_iso
 from guetteur.uplink.commands import CommandContext, CommandDispatcher, CommandError
 from guetteur.uplink.protocol import ErrorCode, valid_id

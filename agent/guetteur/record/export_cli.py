@@ -20,7 +20,7 @@ from guetteur.record.clips import (
     recorded_gaps,
     wait_for_recording,
 )
-from guetteur.record.recorder import SegmentIndex
+from guetteur.record.index import SegmentIndex
 from guetteur.timeutil import iso_ms, parse_iso
 from guetteur.uplink.commands import CommandError
 

@@ -36,11 +36,12 @@ from guetteur.analytics.events import EventTracker, EventUpdate, encode_jpeg
 from guetteur.analytics.masks import PolygonMask
 from guetteur.analytics.motion import MotionDetector
 from guetteur.config import CameraConfig, GuetteurConfig
-from guetteur.live.service import LiveHub, LiveService
+from guetteur.live.hub import LiveHub
+from guetteur.live.service import LiveService
 from guetteur.media.types import AnalyticFrame, EncodedPacket
 from guetteur.ptz.service import PtzService
 from guetteur.record.clips import EventClipper, ExportService
-from guetteur.record.recorder import Recorder
+from guetteur.record.writer import Recorder
 from guetteur.runtime.health import HealthSupervisor
 from guetteur.sources import open_source
 from guetteur.sources.base import CameraStatus, Source

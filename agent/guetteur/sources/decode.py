@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 import cv2
 import numpy as np
 
+from guetteur.media.bitstream import first_slice, is_annexb
 from guetteur.media.types import StreamInfo
 
 if TYPE_CHECKING:
@@ -228,45 +229,6 @@ class StreamInfoCache:
         return self.current
 
 
-_START_CODE = b"\x00\x00\x01"
-
-
-def annexb_units(data: bytes) -> list[bytes]:
-    """Split an Annex B byte stream into NAL units (without start codes)."""
-    units: list[bytes] = []
-    i = data.find(_START_CODE)
-    while i >= 0:
-        start = i + 3
-        nxt = data.find(_START_CODE, start)
-        end = len(data) if nxt < 0 else nxt
-        unit = data[start:end]
-        if nxt >= 0 and unit.endswith(b"\x00"):
-            unit = unit.rstrip(b"\x00")  # the extra zero of a 4-byte start code
-        if unit:
-            units.append(unit)
-        i = nxt
-    return units
-
-
-def annexb_parameter_sets(data: bytes, codec: str) -> bytes | None:
-    """The parameter sets (H.264 SPS/PPS, HEVC VPS/SPS/PPS) found in an Annex B access unit,
-    as Annex B extradata; None when it holds none (e.g. not Annex B)."""
-    wanted: set[int]
-    if codec == "h264":
-        wanted = {7, 8}
-        kinds = [u[0] & 0x1F for u in annexb_units(data)]
-    elif codec == "hevc":
-        wanted = {32, 33, 34}
-        kinds = [(u[0] >> 1) & 0x3F for u in annexb_units(data)]
-    else:
-        return None
-    units = annexb_units(data)
-    sets = [u for u, kind in zip(units, kinds, strict=True) if kind in wanted]
-    if not sets:
-        return None
-    return b"".join(b"\x00\x00\x00\x01" + u for u in sets)
-
-
 @dataclass
 class AccessUnit:
     """One whole encoded picture, with the demuxer's raw timestamps (possibly None)."""
@@ -276,36 +238,6 @@ class AccessUnit:
     dts: int | None
     keyframe: bool
     duration: int = 0
-
-
-def _nal_headers(data: bytes) -> list[bytes] | None:
-    """The first 3 bytes of every NAL unit of an Annex B packet; None if it is not Annex B."""
-    if not (data.startswith(b"\x00\x00\x01") or data.startswith(b"\x00\x00\x00\x01")):
-        return None
-    heads: list[bytes] = []
-    i = data.find(b"\x00\x00\x01")
-    while i >= 0:
-        heads.append(data[i + 3 : i + 6])
-        i = data.find(b"\x00\x00\x01", i + 3)
-    return heads
-
-
-def first_slice(data: bytes, codec: str) -> bool | None:
-    """For an Annex B packet: None when it holds no picture data (parameter sets, SEI...);
-    otherwise whether its first slice is the first slice of a picture (H.264
-    ``first_mb_in_slice == 0``, HEVC ``first_slice_segment_in_pic_flag``). True for packets
-    that are not Annex B (MP4/avcC samples are whole pictures) and for other codecs."""
-    heads = _nal_headers(data)
-    if heads is None or codec not in ("h264", "hevc"):
-        return True
-    for head in heads:
-        if len(head) < 3:
-            continue
-        if codec == "h264" and (head[0] & 0x1F) in (1, 5):
-            return bool(head[1] & 0x80)  # ue(v) first_mb_in_slice: a leading 1 means 0
-        if codec == "hevc" and ((head[0] >> 1) & 0x3F) < 32:
-            return bool(head[2] & 0x80)
-    return None
 
 
 class AccessUnitAssembler:
@@ -331,7 +263,7 @@ class AccessUnitAssembler:
         self, data: bytes, pts: int | None, dts: int | None, keyframe: bool, duration: int = 0
     ) -> list[AccessUnit]:
         first = first_slice(data, self.codec)
-        if _nal_headers(data) is None:
+        if not is_annexb(data):
             out = self.flush()
             out.append(AccessUnit(data, pts, dts, keyframe, duration))
             return out

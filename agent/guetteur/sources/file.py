@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from guetteur.config import CameraConfig
-from guetteur.sources.rtsp import ContainerSource, OpenTarget, Role
+from guetteur.sources.container import ContainerSource, OpenTarget, Role
 from guetteur.sources.status import FAILED, RECONNECTING, NoVideoStream
 
 

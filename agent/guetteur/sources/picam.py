@@ -24,6 +24,7 @@ from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 from guetteur.config import CameraConfig
+from guetteur.media.bitstream import annexb_parameter_sets
 from guetteur.media.types import AnalyticFrame, EncodedPacket, StreamInfo
 from guetteur.sources.base import Backoff, SourceSink
 from guetteur.sources.decode import (
@@ -31,7 +32,6 @@ from guetteur.sources.decode import (
     StreamInfoCache,
     Timeline,
     analytic_size,
-    annexb_parameter_sets,
     yuv420_to_bgr,
 )
 from guetteur.sources.status import (

@@ -27,6 +27,7 @@ from urllib.parse import parse_qsl, urlsplit
 import av
 
 from guetteur.config import CameraConfig
+from guetteur.media.bitstream import annexb_parameter_sets
 from guetteur.media.types import AnalyticFrame, EncodedPacket
 from guetteur.sources.base import Backoff, SourceSink
 from guetteur.sources.decode import (
@@ -35,7 +36,6 @@ from guetteur.sources.decode import (
     KeyframeClock,
     StreamInfoCache,
     analytic_size,
-    annexb_parameter_sets,
     frame_to_bgr,
     renderer,
 )

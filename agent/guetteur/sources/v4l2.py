@@ -15,7 +15,7 @@ from pathlib import Path
 from urllib.parse import parse_qsl, urlsplit
 
 from guetteur.config import CameraConfig
-from guetteur.sources.rtsp import ContainerSource, OpenTarget, Role
+from guetteur.sources.container import ContainerSource, OpenTarget, Role
 from guetteur.sources.status import FAILED, RECONNECTING, NoVideoStream
 
 # Preferred input formats, best first (FFmpeg v4l2 ``input_format`` names).

@@ -1,0 +1,126 @@
+"""Purge execution: one retention pass over the ring, as the recorder's retention thread runs it.
+
+``record/retention.plan_purge`` decides what goes (a pure policy); ``RingPurger.run`` gathers what
+it needs (limits, disk usage, pins, the index oldest first), executes the plan (index rows first,
+then files: the index never lists a deleted file) and warns when pins hold the ring over its cap.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import logging
+import shutil
+import sqlite3
+from collections.abc import Callable
+
+from guetteur.config import RecordingConfig
+from guetteur.record.index import SegmentIndex
+from guetteur.record.retention import DAY_S, DiskState, Limits, PurgePlan, plan_purge
+from guetteur.timeutil import iso_ms
+
+log = logging.getLogger(__name__)
+
+_SQLITE_FULL = 13
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """ENOSPC from a file write, or SQLITE_FULL from the index."""
+    if isinstance(exc, sqlite3.Error):
+        return getattr(exc, "sqlite_errorcode", None) == _SQLITE_FULL
+    return getattr(exc, "errno", None) == errno.ENOSPC
+
+
+class RingPurger:
+    """Runs retention passes on the ring of ``index``. One pass at a time: the caller serialises.
+
+    ``reserve_bytes``: room to keep for the segments being written (see ``Limits``); ``warn``:
+    ``(key, sentence)`` for the gateway status."""
+
+    def __init__(
+        self,
+        index: SegmentIndex,
+        config: RecordingConfig,
+        clock: Callable[[], float],
+        reserve_bytes: Callable[[], int],
+        warn: Callable[[str, str], None],
+    ) -> None:
+        self.index = index
+        self.config = config
+        self.clock = clock
+        self.reserve_bytes = reserve_bytes
+        self.warn = warn
+        self._urgent_free = 0
+
+    def need_free(self, nbytes: int) -> None:
+        """A write found the disk full: the next pass keeps at least ``nbytes`` free."""
+        self._urgent_free = max(self._urgent_free, nbytes)
+
+    def run(self) -> PurgePlan:
+        """Plan and execute one pass; returns the plan executed."""
+        now = self.clock()
+        limits = self._limits()
+        self._urgent_free = 0
+        usage = shutil.disk_usage(self.index.root)
+        disk = DiskState(partition_bytes=usage.total, free_bytes=usage.free)
+        self.index.drop_pins_older_than(now - limits.legal_max_age_s)
+        plan = plan_purge(
+            (s.ref() for s in self.index.iter_oldest_first()),
+            self.index.total_bytes(),
+            now,
+            limits,
+            self.index.pins(),
+            disk,
+        )
+        self._execute(plan)
+        if plan.shortfall_bytes > 0 and plan.kept_pinned:
+            self.warn(
+                "pinned",
+                f"{iso_ms(now)}: recordings exceed their size limit by "
+                f"{plan.shortfall_bytes / 1e6:.0f} MB because {plan.kept_pinned} segments "
+                "are kept for event clips not yet delivered",
+            )
+        return plan
+
+    def _limits(self) -> Limits:
+        cfg = self.config
+        return Limits(
+            legal_max_age_s=cfg.legal_max_age_days * DAY_S,
+            max_age_s=cfg.max_age_days * DAY_S if cfg.max_age_days is not None else None,
+            max_bytes=cfg.max_bytes,
+            max_percent=cfg.max_percent,
+            min_free_bytes=max(cfg.min_free_bytes, self._urgent_free),
+            reserve_bytes=self.reserve_bytes(),
+        )
+
+    def _execute(self, plan: PurgePlan) -> None:
+        if not plan.delete:
+            return
+        # Index first: the index must never list a deleted file. A crash in between leaves
+        # orphans that the next reconcile indexes again and the next pass purges.
+        try:
+            self.index.remove([s.segment_id for s in plan.delete])
+            index_first = True
+        except sqlite3.Error as exc:
+            if not is_disk_full(exc):
+                raise
+            # The index cannot even record a deletion on a full disk: free the files first,
+            # then forget them. Until then a clip may meet a missing file (a gap, not an error).
+            index_first = False
+        for seg in plan.delete:
+            path = self.index.root / seg.path
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+            with contextlib.suppress(OSError):
+                path.parent.rmdir()  # the day's directory, once empty
+        if not index_first:
+            self.index.remove([s.segment_id for s in plan.delete])
+        counts: dict[str, int] = {}
+        for reason in plan.reasons.values():
+            counts[reason] = counts.get(reason, 0) + 1
+        log.info(
+            "retention: %d segments purged (%.1f MB): %s",
+            len(plan.delete),
+            plan.freed_bytes / 1e6,
+            counts,
+        )

@@ -1,0 +1,127 @@
+"""One MPEG-TS segment file being written: created on a keyframe (and marked as being written in
+the index), fed Annex B packets, finished with an fsync before the recorder indexes it.
+
+The packets are remuxed, never re-encoded; their timestamps are rebased so that the file's
+timeline starts at 0. Errors (OSError, av.FFmpegError, sqlite3.Error) are left to the recorder,
+which decides what to salvage and what to report.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+
+import av
+
+from guetteur.media.types import EncodedPacket, StreamInfo
+from guetteur.record.index import SegmentIndex, segment_name
+
+TS_TIME_BASE = Fraction(1, 90000)
+# PAT/PMT once per segment is enough for files; the defaults (10/s) waste ~1 % of the bytes.
+_TS_OPTIONS = {"pat_period": "5", "sdt_period": "30"}
+
+
+@dataclass
+class OpenSegment:
+    """The segment a camera is writing, and what closing it needs to know."""
+
+    camera: str
+    stream: StreamInfo
+    rel: str  # path relative to the ring's root, as the index lists it
+    path: Path
+    start: float  # wall clock of its first packet (a keyframe)
+    first_dts: int
+    file: Any
+    container: Any
+    out_stream: Any
+    new_dir: bool  # its day directory was created for it: fsync the directories at close
+    last_dts: int
+    last_pts_end: int
+    last_wall: float
+    packets: int = 0
+
+    @classmethod
+    def create(
+        cls, index: SegmentIndex, pkt: EncodedPacket, write_buffer_bytes: int
+    ) -> OpenSegment:
+        """Open a new segment file for ``pkt`` (a keyframe) under the index's root."""
+        start = pkt.wallclock
+        day = datetime.fromtimestamp(start, UTC).strftime("%Y-%m-%d")
+        directory = index.root / pkt.camera / day
+        name = segment_name(start)
+        rel = f"{pkt.camera}/{day}/{name}"
+        new_dir = not directory.is_dir()
+        directory.mkdir(parents=True, exist_ok=True)
+        path = directory / name
+        while path.exists():  # two segments in the same millisecond (a stream change)
+            start += 0.001
+            name = segment_name(start)
+            rel = f"{pkt.camera}/{day}/{name}"
+            path = directory / name
+        index.mark_writing(rel, pkt.camera, start)
+        f = open(path, "wb", buffering=write_buffer_bytes)  # noqa: SIM115
+        container = av.open(f, "w", format="mpegts", options=dict(_TS_OPTIONS), buffer_size=1 << 16)
+        rate = Fraction(pkt.stream.fps).limit_denominator(1001) if pkt.stream.fps else None
+        out_stream = container.add_mux_stream(
+            pkt.stream.codec, rate=rate, width=pkt.stream.width, height=pkt.stream.height
+        )
+        out_stream.time_base = TS_TIME_BASE
+        return cls(
+            camera=pkt.camera,
+            stream=pkt.stream,
+            rel=rel,
+            path=path,
+            start=start,
+            first_dts=pkt.dts,
+            file=f,
+            container=container,
+            out_stream=out_stream,
+            new_dir=new_dir,
+            last_dts=pkt.dts,
+            last_pts_end=pkt.pts,
+            last_wall=pkt.wallclock,
+        )
+
+    def write(self, pkt: EncodedPacket, data: bytes) -> None:
+        """Mux ``data`` (``pkt`` as Annex B) with ``pkt``'s timing."""
+        out = av.Packet(data)
+        out.pts = pkt.pts - self.first_dts
+        out.dts = pkt.dts - self.first_dts
+        out.time_base = pkt.stream.time_base
+        out.is_keyframe = pkt.keyframe
+        out.stream = self.out_stream
+        self.container.mux(out)
+        step = pkt.duration or (pkt.dts - self.last_dts if self.packets else 0)
+        if not step and pkt.stream.fps:
+            step = int(1 / (pkt.stream.fps * pkt.stream.time_base))
+        self.last_pts_end = max(self.last_pts_end, pkt.pts + step)
+        self.last_dts = pkt.dts
+        self.last_wall = pkt.wallclock
+        self.packets += 1
+
+    def finish(self) -> tuple[int, float]:
+        """Write the trailer, fsync the file (and its new directories), close it; returns its
+        size and its end (start + stream duration of its packets)."""
+        self.container.close()
+        self.file.flush()
+        os.fsync(self.file.fileno())
+        self.file.close()
+        if self.new_dir:
+            _fsync_dir(self.path.parent)
+            _fsync_dir(self.path.parent.parent)
+        size = self.path.stat().st_size
+        first_pts = self.first_dts  # rebased: the file's timeline starts at 0
+        duration = float((self.last_pts_end - first_pts) * self.stream.time_base)
+        return size, self.start + max(duration, 0.0)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(str(path), os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
