@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from guetteur.centre.receiver import Receiver
+from guetteur.centre.receiver.mqtt import Receiver
 from guetteur.config import MqttConfig, OutboxConfig, TlsConfig
 from guetteur.uplink import protocol
 from guetteur.uplink.link import Link
