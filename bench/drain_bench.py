@@ -27,7 +27,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from guetteur.centre.receiver import Receiver  # noqa: E402
+from guetteur.centre.receiver.mqtt import Receiver  # noqa: E402
 from guetteur.config import OutboxConfig  # noqa: E402
 from guetteur.dev.broker import PrivateBroker  # noqa: E402
 from guetteur.uplink.mqttutil import new_client  # noqa: E402

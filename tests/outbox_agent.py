@@ -27,7 +27,7 @@ from guetteur.config import MqttConfig, OutboxConfig
 from guetteur.timeutil import iso_ms
 from guetteur.uplink import protocol
 from guetteur.uplink.link import Link
-from guetteur.uplink.outbox import Outbox
+from guetteur.uplink.outbox.service import Outbox
 from guetteur.uplink.publish import ClipFile, OutboundItem, Priority
 
 

@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from guetteur.centre.receiver import Receiver
+from guetteur.centre.receiver.mqtt import Receiver
 from guetteur.dev.broker import PrivateBroker
 from tests.fixtures.broker import MosquittoBroker
 

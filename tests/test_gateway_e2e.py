@@ -20,7 +20,7 @@ import av
 import yaml
 
 from guetteur.centre.client import CentreClient
-from guetteur.centre.receiver import Receiver
+from guetteur.centre.receiver.mqtt import Receiver
 from guetteur.config import validate_config
 from guetteur.runtime.gateway import Gateway
 from guetteur.timeutil import iso_ms, parse_iso

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from guetteur.centre.receiver import Incoming, Receiver, Store
+from guetteur.centre.receiver.mqtt import Receiver
+from guetteur.centre.receiver.store import Incoming, Store
 from guetteur.uplink import protocol
 from guetteur.uplink.link import DirectPublisher
 from guetteur.uplink.publish import Publisher

@@ -11,12 +11,12 @@ from pathlib import Path
 
 import pytest
 
-from guetteur.centre.receiver import Receiver
+from guetteur.centre.receiver.mqtt import Receiver
 from guetteur.config import MqttConfig, OutboxConfig, TlsConfig
 from guetteur.uplink import protocol
 from guetteur.uplink.link import Link
 from guetteur.uplink.mqttutil import configure_tls, new_client
-from guetteur.uplink.outbox import Outbox
+from guetteur.uplink.outbox.service import Outbox
 from tests.fixtures.broker import MosquittoBroker, free_port
 from tests.recorder import Recorder
 from tests.test_outbox import event

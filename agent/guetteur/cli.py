@@ -31,7 +31,10 @@ EXTERNAL_COMMANDS: dict[str, tuple[str, str]] = {
 }
 CENTRE_COMMANDS: dict[str, tuple[str, str]] = {
     "events": ("guetteur.centre.events", "print events as the centre receives them"),
-    "receive": ("guetteur.centre.receiver", "store events, snapshots and clips; acknowledge them"),
+    "receive": (
+        "guetteur.centre.receiver.cli",
+        "store events, snapshots and clips; acknowledge them",
+    ),
     "live": ("guetteur.centre.live", "watch a camera live (fMP4 to a file or stdout)"),
     "ptz": ("guetteur.centre.ptz", "steer a PTZ camera"),
 }

@@ -50,7 +50,7 @@ from guetteur.uplink import protocol
 from guetteur.uplink.audit import AuditTrail
 from guetteur.uplink.commands import CommandContext, CommandDispatcher, CommandError
 from guetteur.uplink.link import DirectPublisher, Link
-from guetteur.uplink.outbox import Outbox
+from guetteur.uplink.outbox.service import Outbox
 from guetteur.uplink.publish import OutboundItem, Priority, Publisher
 
 log = logging.getLogger(__name__)

@@ -217,7 +217,8 @@ class Link:
     # -- subscriptions -------------------------------------------------------------------------
 
     def subscribe(self, topic: str, callback: MessageCallback, qos: int = 1) -> None:
-        """Subscribe now (if connected) and again after every reconnection."""
+        """Subscribe now (if connected) and again after every reconnection. ``callback`` runs
+        on the network thread: it must return at once (no disk commit: keep-alive waits)."""
         self._subscriptions[topic] = (qos, callback)
         self._client.message_callback_add(topic, lambda _c, _u, msg: self._safe(callback, msg))
         if self.connected:
@@ -353,7 +354,8 @@ class Link:
 class DirectPublisher:
     """Publishes items straight away with QoS 1 (paho queues them in memory while offline).
 
-    The first, non-durable Publisher. The outbox (guetteur.uplink.outbox) replaces it when enabled.
+    The first, non-durable Publisher. The outbox (guetteur.uplink.outbox.service.Outbox)
+    replaces it when enabled.
     """
 
     def __init__(self, link: Link) -> None:

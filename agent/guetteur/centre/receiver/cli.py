@@ -1,0 +1,72 @@
+"""`guetteur centre receive`: the centre's durable store of events, snapshots, clips and audit
+records, acknowledging each to its gateway once stored for good (see ``store`` and ``mqtt``)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sqlite3
+import threading
+from types import FrameType
+
+from guetteur.centre.receiver.mqtt import DEFAULT_GROUP, Receiver
+from guetteur.uplink import protocol
+
+log = logging.getLogger(__name__)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "-b", "--broker", required=True, help="broker URL, mqtt://HOST:PORT or mqtts://HOST:PORT"
+    )
+    parser.add_argument("--out", required=True, help="directory for receiver.db, snapshots, clips")
+    parser.add_argument("--root", default=protocol.DEFAULT_ROOT, help="topic prefix")
+    parser.add_argument(
+        "--share-group",
+        default=DEFAULT_GROUP,
+        help="shared-subscription group: receivers of one group split the load "
+        "(default %(default)s; '' for a plain subscription)",
+    )
+    parser.add_argument(
+        "--client-id",
+        help="MQTT client id (stable across restarts: the "
+        "broker keeps this receiver's session); default derived from host and --out",
+    )
+    parser.add_argument("--ca", help="CA file verifying the broker (mqtts://)")
+    parser.add_argument("--cert", help="client certificate (mutual TLS)")
+    parser.add_argument("--key", help="client certificate key")
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        receiver = Receiver(
+            args.broker,
+            args.out,
+            root=args.root,
+            share_group=args.share_group or None,
+            client_id=args.client_id,
+            ca_file=args.ca,
+            cert_file=args.cert,
+            key_file=args.key,
+        )
+    except (ValueError, OSError, sqlite3.Error) as exc:
+        print(f"error: {exc}", flush=True)
+        return 2
+    stop = threading.Event()
+
+    def handler(_signum: int, _frame: FrameType | None) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)
+    receiver.start()
+    log.info("receiver: storing into %s; subscriptions: %s", args.out, ", ".join(receiver.topics()))
+    if not receiver.wait_connected(10.0):
+        log.warning("receiver: broker %s not reachable yet; still trying", args.broker)
+    while not stop.wait(1.0):
+        pass
+    receiver.stop()
+    stats = ", ".join(f"{k}={v}" for k, v in sorted(receiver.stats.items()))
+    print(f"receiver stopped: {stats or 'nothing received'}", flush=True)
+    return 0
