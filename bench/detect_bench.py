@@ -30,7 +30,8 @@ import av
 import cv2
 import numpy as np
 
-from guetteur.analytics.detect import Detector, filter_detections, load_detector, plan_regions
+from guetteur.analytics.detection.regions import filter_detections, plan_regions
+from guetteur.analytics.detection.runtime import Detector, load_detector
 from guetteur.analytics.motion import MotionDetector
 from guetteur.config import DetectFilter, DetectionConfig
 from guetteur.dev.synthetic import SCENARIO_NAMES, scenario

@@ -1,4 +1,4 @@
-"""Object detection (guetteur.analytics.detect), the model manifests and scripts/fetch-models.
+"""Object detection (guetteur.analytics.detection), the model manifests and scripts/fetch-models.
 
 Real models from ../shared/models, real footage from ../shared/media, generated clips encoded and
 decoded with PyAV. Motion boxes for real footage come from a plain two-frame difference here, so
@@ -21,23 +21,23 @@ import numpy as np
 import pytest
 import yaml
 
-from guetteur.analytics.detect import (
+from guetteur.analytics.detection.manifest import DetectorError, load_manifest, read_labels
+from guetteur.analytics.detection.regions import (
     Detection,
-    Detector,
-    DetectorError,
-    DetectorWorker,
     Region,
-    assign_output_roles,
     filter_detections,
     iou,
-    load_detector,
-    load_manifest,
     plan_regions,
     point_in_polygon,
-    read_labels,
     suppress_duplicates,
+)
+from guetteur.analytics.detection.runtime import (
+    Detector,
+    assign_output_roles,
+    load_detector,
     tell_classes_from_scores,
 )
+from guetteur.analytics.detection.worker import DetectorWorker
 from guetteur.config import DetectFilter, DetectionConfig, EventsConfig
 from guetteur.media.types import AnalyticFrame, Box
 
@@ -274,7 +274,7 @@ def test_bad_manifests_say_which_key(tmp_path: Path) -> None:
 
 
 def test_no_model_is_motion_only_said_once(caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level("INFO", logger="guetteur.analytics.detect")
+    caplog.set_level("INFO", logger="guetteur.analytics.detection")
     assert load_detector(DetectionConfig()) is None
     lines = [r.getMessage() for r in caplog.records]
     assert len(lines) == 1 and "motion-only" in lines[0]
@@ -662,7 +662,7 @@ def test_fetch_then_corrupt_then_start_refuses(shared_dir: Path, tmp_path: Path)
 def _cli(*argv: str) -> int:
     import argparse
 
-    from guetteur.analytics import detect
+    from guetteur.analytics.detection import cli as detect
 
     parser = argparse.ArgumentParser()
     detect.add_arguments(parser)
@@ -689,7 +689,7 @@ def test_detect_command_on_an_image_and_on_a_bad_model(
 
 
 def test_doctor_check_sentences(shared_dir: Path) -> None:
-    from guetteur.analytics.detect import check_detection
+    from guetteur.analytics.detection.cli import check_detection
 
     assert "motion-only" in check_detection(DetectionConfig())
     ok = check_detection(config_for(shared_dir, MODELS[0]))

@@ -18,7 +18,8 @@ import av
 import numpy as np
 import pytest
 
-from guetteur.analytics.detect import Detection, Detector, filter_detections, load_detector
+from guetteur.analytics.detection.regions import Detection, filter_detections
+from guetteur.analytics.detection.runtime import Detector, load_detector
 from guetteur.analytics.events import EventTracker, EventUpdate
 from guetteur.analytics.motion import MotionDetector
 from guetteur.config import DetectFilter, DetectionConfig, EventsConfig

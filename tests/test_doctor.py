@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import argparse
 import json
-from collections.abc import Callable
+import subprocess
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 import yaml
 
+from guetteur.config import CameraConfig
 from guetteur.ops import doctor
+from guetteur.ops.checks.cameras import probe_camera
 from tests.fixtures.broker import MosquittoBroker, free_port
 from tests.fixtures.rtsp import RtspServerFactory
 from tests.helpers_pki import make_ca, make_server_cert
@@ -75,13 +78,36 @@ def tls_broker_factory(tmp_path_factory: pytest.TempPathFactory):  # type: ignor
         b.stop()
 
 
+@pytest.fixture
+def password_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
+    """A Mosquitto that refuses anonymous clients and knows gateway / s3cret; yields its port."""
+    workdir = tmp_path_factory.mktemp("passwd-broker")
+    passwd = workdir / "passwd"
+    subprocess.run(["mosquitto_passwd", "-b", "-c", str(passwd), "gateway", "s3cret"], check=True)
+    port = free_port()
+    broker = MosquittoBroker(
+        workdir,
+        port=port,
+        listen=False,
+        extra_conf=f"listener {port} 127.0.0.1\nallow_anonymous false\npassword_file {passwd}\n",
+    )
+    broker.start()
+    yield port
+    broker.stop()
+
+
 def write_config(
-    path: Path, tmp: Path, tls_port: int, ca: Path, cameras: list[dict[str, str]]
+    path: Path,
+    tmp: Path,
+    tls_port: int,
+    ca: Path,
+    cameras: list[dict[str, str]],
+    mqtt: dict[str, object] | None = None,
 ) -> Path:
     config = {
         "gateway_id": "gw-doctor",
         "data_dir": str(tmp / "data"),
-        "mqtt": {"url": f"mqtts://127.0.0.1:{tls_port}", "tls": {"ca_file": str(ca)}},
+        "mqtt": mqtt or {"url": f"mqtts://127.0.0.1:{tls_port}", "tls": {"ca_file": str(ca)}},
         "cameras": cameras,
     }
     path.write_text(yaml.safe_dump(config))
@@ -193,3 +219,46 @@ def test_doctor_bad_config_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[
     out = capsys.readouterr().out
     assert out.startswith("FAIL  config")
     assert "mqtt.url" in out and "camras: unknown key" in out
+
+
+def test_doctor_uses_the_broker_credentials_of_the_url(
+    password_broker: int, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The agent takes user:password from mqtt.url when mqtt.username is unset; so does doctor."""
+
+    def broker_line(password: str) -> tuple[int, str]:
+        url = f"mqtt://gateway:{password}@127.0.0.1:{password_broker}"
+        cfg = write_config(tmp_path / "g.yaml", tmp_path, 0, tmp_path, [], mqtt={"url": url})
+        code = run_doctor(cfg)
+        out = capsys.readouterr().out
+        assert password not in out  # the URL's password never reaches the report
+        return code, next(line for line in out.splitlines() if " broker " in f" {line} ")
+
+    code, line = broker_line("s3cret")
+    assert line.startswith(f"WARN  broker 127.0.0.1:{password_broker}"), line  # no TLS: advice
+    assert "accepted the connection" in line
+    assert code == 0
+
+    code, line = broker_line("wrong")
+    assert line.startswith(f"FAIL  broker 127.0.0.1:{password_broker}"), line
+    assert "MQTT connect refused: Not authorized" in line
+    assert code == 1
+
+
+def test_camera_probe_goes_through_the_source_credentials_and_sentences(
+    rtsp_server: RtspServerFactory,
+) -> None:
+    """Credentials from the camera config (not the URL) reach the camera as the agent sends them;
+    a refusal is the source's own sentence, with what to do."""
+    camera = rtsp_server(user="operator", password="right-one")
+    good = CameraConfig(id="c1", url=camera.url, username="operator", password="right-one")  # type: ignore[arg-type]
+    check = probe_camera(good, timeout_s=10, sample_s=1)
+    assert check.verdict == "PASS", check
+    assert "h264 640x360" in check.detail and "right-one" not in check.detail
+
+    bad = CameraConfig(id="c1", url=camera.url, username="operator", password="wrong-one")  # type: ignore[arg-type]
+    check = probe_camera(bad, timeout_s=10, sample_s=1)
+    assert check.verdict == "FAIL", check
+    assert "refused the credentials" in check.detail and "retrying" not in check.detail
+    assert "wrong-one" not in check.detail
+    assert check.action == "check the camera's username/password in the config"

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from guetteur.config import CameraConfig, PtzConfig
-from guetteur.ptz.onvif import envelope
+from guetteur.onvif.soap import envelope
 from guetteur.ptz.service import PtzService
 from guetteur.uplink.audit import AuditTrail
 from guetteur.uplink.commands import CommandDispatcher

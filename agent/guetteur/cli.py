@@ -23,7 +23,10 @@ log = logging.getLogger("guetteur")
 # name -> (module, one-line help). Each module has add_arguments(parser) and run(args).
 EXTERNAL_COMMANDS: dict[str, tuple[str, str]] = {
     "doctor": ("guetteur.ops.doctor", "check this gateway: config, cameras, broker, clock, disk"),
-    "detect": ("guetteur.analytics.detect", "run the object detector on an image or video file"),
+    "detect": (
+        "guetteur.analytics.detection.cli",
+        "run the object detector on an image or video file",
+    ),
     "discover": ("guetteur.ops.discover", "find ONVIF cameras on the LAN (WS-Discovery)"),
     "export": ("guetteur.record.export_cli", "export a recorded time range of a camera to MP4"),
     "provision": ("guetteur.ops.provision", "first-boot provisioning from the boot partition"),

@@ -48,7 +48,7 @@ class MotionLike(Protocol):
 
 
 class DetectionLike(Protocol):
-    """What the tracker needs of a detection (guetteur.analytics.detect.Detection)."""
+    """What the tracker needs of a detection (guetteur.analytics.detection.regions.Detection)."""
 
     @property
     def label(self) -> str: ...

@@ -4,15 +4,14 @@
    multicast group 239.255.255.250:3702 (or to one address with ``--target``); cameras answer
    with ``ProbeMatch`` messages carrying their device-service addresses (XAddrs).
 2. For each camera: ``GetCapabilities`` (media and PTZ service addresses), ``GetProfiles``
-   (encoding, resolution) and ``GetStreamUri`` per profile, over the same small SOAP client the
-   ONVIF PTZ driver uses (:mod:`guetteur.ptz.onvif`), with WS-Security digest when credentials
-   are given. Most cameras answer GetCapabilities without credentials and the rest only with.
+   (encoding, resolution) and ``GetStreamUri`` per profile, over the SOAP client the ONVIF PTZ
+   driver uses too (:mod:`guetteur.onvif.soap`), with WS-Security digest when credentials are
+   given. Most cameras answer GetCapabilities without credentials and the rest only with.
 """
 
 from __future__ import annotations
 
 import argparse
-import http.client
 import json
 import logging
 import os
@@ -23,22 +22,19 @@ import uuid
 import xml.etree.ElementTree as ET
 from dataclasses import asdict, dataclass, field
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import unquote
 from xml.sax.saxutils import escape
 
 import yaml
 
-from guetteur.ptz.onvif import NS, envelope
+from guetteur.onvif.device import get_services
+from guetteur.onvif.soap import NS, SoapClient, SoapError, find_text, local_name, named
 
 log = logging.getLogger(__name__)
 
 MULTICAST = ("239.255.255.250", 3702)
 WSD_NS = "http://schemas.xmlsoap.org/ws/2005/04/discovery"
 WSA_NS = "http://schemas.xmlsoap.org/ws/2004/08/addressing"
-
-
-def _local(tag: str) -> str:
-    return tag.rsplit("}", 1)[-1]
 
 
 def probe_message(message_id: str | None = None) -> bytes:
@@ -66,8 +62,6 @@ class ProbeMatch:
 
     def scope(self, kind: str) -> str | None:
         """The value of an ``onvif://www.onvif.org/<kind>/<value>`` scope (URL-decoded)."""
-        from urllib.parse import unquote
-
         prefix = f"onvif://www.onvif.org/{kind}/"
         for s in self.scopes:
             if s.startswith(prefix):
@@ -81,14 +75,12 @@ def parse_probe_matches(data: bytes) -> list[ProbeMatch]:
         root = ET.fromstring(data)
     except ET.ParseError:
         return []
-    relates = next((el.text for el in root.iter() if _local(el.tag) == "RelatesTo"), None)
+    relates = next((el.text for el in named(root, "RelatesTo")), None)
     out = []
-    for pm in root.iter():
-        if _local(pm.tag) != "ProbeMatch":
-            continue
+    for pm in named(root, "ProbeMatch"):
         endpoint, xaddrs, scopes = "", [], []
         for el in pm.iter():
-            name = _local(el.tag)
+            name = local_name(el.tag)
             if name == "Address" and el.text:
                 endpoint = el.text.strip()
             elif name == "XAddrs" and el.text:
@@ -157,70 +149,6 @@ class DiscoveredCamera:
     error: str | None = None
 
 
-class SoapError(Exception):
-    pass
-
-
-def soap(
-    url: str, action: str, body: str, username: str | None, password: str | None, timeout_s: float
-) -> ET.Element:
-    parts = urlsplit(url)
-    conn_cls = (
-        http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
-    )
-    conn = conn_cls(
-        parts.hostname or "",
-        parts.port or (443 if parts.scheme == "https" else 80),
-        timeout=timeout_s,
-    )
-    try:
-        conn.request(
-            "POST",
-            parts.path or "/onvif/device_service",
-            body=envelope(body, username, password),
-            headers={"Content-Type": f'application/soap+xml; charset=utf-8; action="{action}"'},
-        )
-        resp = conn.getresponse()
-        data = resp.read()
-    except OSError as exc:
-        raise SoapError(f"{parts.netloc} unreachable: {exc}") from None
-    finally:
-        conn.close()
-    if resp.status in (401, 403):
-        raise SoapError(
-            f"{parts.netloc} refused {action.rsplit('/', 1)[-1]} (HTTP {resp.status}): "
-            "give --username/--password"
-        )
-    try:
-        root = ET.fromstring(data)
-    except ET.ParseError as exc:
-        raise SoapError(
-            f"{parts.netloc}: unreadable answer to {action.rsplit('/', 1)[-1]}: {exc}"
-        ) from None
-    if any(_local(el.tag) == "Fault" for el in root.iter()):
-        text = next(
-            (el.text for el in root.iter() if _local(el.tag) == "Text" and el.text), "fault"
-        )
-        raise SoapError(f"{parts.netloc} refused {action.rsplit('/', 1)[-1]}: {text.strip()}")
-    return root
-
-
-def _rebase(xaddr: str | None, device_url: str) -> str:
-    """A service address on the host:port we reached the device at (cameras behind NAT often
-    report an address the gateway cannot reach)."""
-    if not xaddr:
-        return device_url
-    dev = urlsplit(device_url)
-    return urlunsplit(dev._replace(path=urlsplit(xaddr.strip()).path or dev.path))
-
-
-def _child_text(el: ET.Element, name: str) -> str | None:
-    for c in el.iter():
-        if _local(c.tag) == name and c.text:
-            return c.text.strip()
-    return None
-
-
 def describe(
     match: ProbeMatch,
     username: str | None = None,
@@ -231,61 +159,49 @@ def describe(
     xaddr = next((x for x in match.xaddrs if x.startswith("http")), match.xaddrs[0])
     cam = DiscoveredCamera(xaddr, match.endpoint, match.scope("name"), match.scope("hardware"))
     try:
-        caps = soap(
-            xaddr,
-            f"{NS['tds']}/GetCapabilities",
-            "<tds:GetCapabilities><tds:Category>All</tds:Category></tds:GetCapabilities>",
-            username,
-            password,
-            timeout_s,
-        )
-        media_url = None
-        cam.has_ptz = False
-        for el in caps.iter():
-            if _local(el.tag) == "Media":
-                media_url = _child_text(el, "XAddr")
-            elif _local(el.tag) == "PTZ" and _child_text(el, "XAddr"):
-                cam.has_ptz = True
-        media = _rebase(media_url, xaddr)
-        profiles = soap(
-            media, f"{NS['trt']}/GetProfiles", "<trt:GetProfiles/>", username, password, timeout_s
-        )
-        for prof in profiles.iter():
-            if _local(prof.tag) != "Profiles":
-                continue
+        client = SoapClient(xaddr, username, password, timeout_s)
+        services = get_services(client)
+        cam.has_ptz = services.ptz is not None
+        media = client.service_path(services.media)
+        profiles = client.call(f"{NS['trt']}/GetProfiles", "<trt:GetProfiles/>", media)
+        for prof in named(profiles, "Profiles"):
             token = prof.get("token") or ""
-            enc = next(
-                (c for c in prof.iter() if _local(c.tag) == "VideoEncoderConfiguration"), None
-            )
+            enc = next(named(prof, "VideoEncoderConfiguration"), None)
             width = height = None
             encoding = None
             if enc is not None:
-                encoding = _child_text(enc, "Encoding")
-                w, h = _child_text(enc, "Width"), _child_text(enc, "Height")
+                encoding = find_text(enc, "Encoding")
+                w, h = find_text(enc, "Width"), find_text(enc, "Height")
                 width = int(w) if w and w.isdigit() else None
                 height = int(h) if h and h.isdigit() else None
             uri = None
             try:
-                su = soap(
-                    media,
+                su = client.call(
                     f"{NS['trt']}/GetStreamUri",
                     "<trt:GetStreamUri><trt:StreamSetup><tt:Stream>RTP-Unicast</tt:Stream>"
                     "<tt:Transport><tt:Protocol>RTSP</tt:Protocol></tt:Transport>"
                     f"</trt:StreamSetup><trt:ProfileToken>{escape(token)}</trt:ProfileToken>"
                     "</trt:GetStreamUri>",
-                    username,
-                    password,
-                    timeout_s,
+                    media,
                 )
-                uri = _child_text(su, "Uri")
+                uri = find_text(su, "Uri")
             except SoapError as exc:
                 log.warning("camera %s profile %s: no stream URI: %s", xaddr, token, exc)
             cam.profiles.append(
-                StreamProfile(token, _child_text(prof, "Name"), encoding, width, height, uri)
+                StreamProfile(token, find_text(prof, "Name"), encoding, width, height, uri)
             )
-    except SoapError as exc:
+    except ValueError as exc:  # an XAddr that is not http(s)://HOST
         cam.error = str(exc)
+    except SoapError as exc:
+        cam.error = _sentence(exc, username)
     return cam
+
+
+def _sentence(exc: SoapError, username: str | None) -> str:
+    """The error with what to do about it, for the technician reading the table."""
+    if exc.kind == "unauthorized":
+        return f"{exc.message}: {'check' if username else 'give'} --username/--password"
+    return exc.message
 
 
 def discover(

@@ -25,13 +25,10 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict
 
 from guetteur import __version__
-from guetteur.analytics.detect import (
-    Detection,
-    DetectorError,
-    DetectorWorker,
-    filter_detections,
-    load_detector,
-)
+from guetteur.analytics.detection.manifest import DetectorError
+from guetteur.analytics.detection.regions import Detection, filter_detections
+from guetteur.analytics.detection.runtime import load_detector
+from guetteur.analytics.detection.worker import DetectorWorker
 from guetteur.analytics.events import EventTracker, EventUpdate, encode_jpeg
 from guetteur.analytics.masks import PolygonMask
 from guetteur.analytics.motion import MotionDetector

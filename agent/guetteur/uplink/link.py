@@ -24,7 +24,7 @@ from guetteur.timeutil import iso_ms
 from guetteur.uplink import protocol
 from guetteur.uplink.commands import CommandDispatcher
 from guetteur.uplink.mqttutil import (
-    configure_tls,
+    configure_client,
     new_client,
     parse_broker_url,
     publish_properties,
@@ -71,22 +71,7 @@ class Link:
 
     def _setup(self) -> None:
         c = self._client
-        username = self.config.username or self._address.username
-        password = (
-            self.config.password.get_secret_value()
-            if self.config.password
-            else self._address.password
-        )
-        if username:
-            c.username_pw_set(username, password)
-        if self._address.tls or self.config.tls is not None:
-            tls = self.config.tls
-            configure_tls(
-                c,
-                ca_file=tls.ca_file if tls else None,
-                cert_file=tls.cert_file if tls else None,
-                key_file=tls.key_file if tls else None,
-            )
+        configure_client(c, self.config, self._address)
         c.will_set(
             self.topics.status,
             protocol.dumps({"state": "offline", "gateway": self.gateway_id, "reason": "link lost"}),

@@ -1,4 +1,9 @@
-"""Shared MQTT plumbing for the agent's link and the centre tools: URL parsing, client set-up."""
+"""Shared MQTT plumbing for the agent's link and the centre tools: URL parsing, client set-up.
+
+``configure_client`` is the one place where the agent's broker settings (credentials from the
+config or the URL, TLS) become a client's settings: the link and ``guetteur doctor`` both call it,
+so doctor tests the connection the agent will make.
+"""
 
 from __future__ import annotations
 
@@ -13,6 +18,8 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
+
+from guetteur.config import MqttConfig
 
 
 @dataclass(frozen=True)
@@ -78,6 +85,36 @@ def configure_tls(
         tls_version=ssl.PROTOCOL_TLS_CLIENT,
     )
     client.tls_insecure_set(False)
+
+
+def uses_tls(config: MqttConfig, address: BrokerAddress) -> bool:
+    """mqtts:// (or ssl://) URLs, and any URL with a ``tls`` section, connect over TLS."""
+    return address.tls or config.tls is not None
+
+
+def configure_client(
+    client: mqtt.Client, config: MqttConfig, address: BrokerAddress | None = None
+) -> BrokerAddress:
+    """Give ``client`` the agent's credentials and TLS settings; returns where to connect.
+
+    Username and password come from ``mqtt.username``/``mqtt.password``, else from the URL
+    (``mqtt://user:pass@host``). TLS as ``uses_tls`` says, verifying the broker against
+    ``mqtt.tls.ca_file`` (system CAs when unset), with the client certificate when set. Raises
+    ValueError for a bad URL, OSError/ssl.SSLError for TLS files that cannot be loaded."""
+    address = address or parse_broker_url(config.url)
+    username = config.username or address.username
+    password = config.password.get_secret_value() if config.password else address.password
+    if username:
+        client.username_pw_set(username, password)
+    if uses_tls(config, address):
+        tls = config.tls
+        configure_tls(
+            client,
+            ca_file=tls.ca_file if tls else None,
+            cert_file=tls.cert_file if tls else None,
+            key_file=tls.key_file if tls else None,
+        )
+    return address
 
 
 def publish_properties(
