@@ -31,6 +31,7 @@ from typing import Any, BinaryIO
 import paho.mqtt.client as mqtt
 
 from guetteur.centre.client import CentreClient, CentreError
+from guetteur.errors import GuetteurError
 from guetteur.uplink import protocol
 from guetteur.uplink.mqttutil import user_properties
 from guetteur.uplink.protocol import Topics
@@ -38,13 +39,11 @@ from guetteur.uplink.protocol import Topics
 log = logging.getLogger(__name__)
 
 
-class LiveError(RuntimeError):
+class LiveError(GuetteurError):
     """The gateway refused or ended the session; ``code`` is its machine-readable code."""
 
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(f"{code}: {message}")
-        self.code = code
-        self.message = message
+    def __str__(self) -> str:
+        return f"{self.code}: {self.message}"
 
 
 # ----------------------------------------------------------------------------------------------

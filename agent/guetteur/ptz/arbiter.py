@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from guetteur.config import PtzConfig
+from guetteur.errors import GuetteurError
 from guetteur.uplink.protocol import ErrorCode
 
 Action = Literal[
@@ -41,13 +42,8 @@ CONTINUOUS: frozenset[str] = frozenset({"move", "zoom"})
 Due = Literal["stop", "home"]
 
 
-class Refusal(Exception):
+class Refusal(GuetteurError):
     """A command the arbiter will not let through: a protocol.ErrorCode and a sentence."""
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from guetteur.config import CameraConfig, PtzConfig
+from guetteur.errors import GuetteurError
 from guetteur.ptz.arbiter import CONTINUOUS, Action, Arbiter, Command, Limits, Refusal, validate
 from guetteur.ptz.base import DriverError, PtzDriver
 from guetteur.ptz.onvif import OnvifPtzDriver
@@ -152,7 +153,7 @@ class PtzService:
         }
         try:
             reply = self._execute(cmd, operator, record)
-        except CommandError as exc:
+        except GuetteurError as exc:  # refused: the dispatcher replies with its code
             record.update(outcome=exc.code, message=exc.message)
             self._record(f"ptz.{cmd.action}", record, started)
             log.warning("ptz %s on %s refused: %s", cmd.action, cmd.camera, exc.message)
@@ -200,10 +201,7 @@ class PtzService:
                 ErrorCode.TIMEOUT, f"camera {cam.id} is busy with a command that has not finished"
             )
         try:
-            try:
-                grant = self._arbiter.acquire(cam.id, operator, cmd.priority, command)
-            except Refusal as exc:
-                raise CommandError(exc.code, exc.message) from None
+            grant = self._arbiter.acquire(cam.id, operator, cmd.priority, command)
             if grant.preempted:
                 record["preempted"] = grant.preempted
                 log.info("ptz camera %s: %s takes over from %s", cam.id, operator, grant.preempted)

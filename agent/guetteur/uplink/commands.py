@@ -16,6 +16,7 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from guetteur.config import validation_problems
+from guetteur.errors import GuetteurError
 from guetteur.uplink import protocol
 from guetteur.uplink.audit import AuditTrail
 from guetteur.uplink.protocol import ErrorCode
@@ -23,13 +24,8 @@ from guetteur.uplink.protocol import ErrorCode
 log = logging.getLogger(__name__)
 
 
-class CommandError(Exception):
+class CommandError(GuetteurError):
     """Raised by a handler to refuse a command with a machine code and a human sentence."""
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
 
 
 @dataclass(frozen=True)
@@ -167,7 +163,7 @@ class CommandDispatcher:
             )
         try:
             fields = entry.handler(ctx, model)
-        except CommandError as exc:
+        except GuetteurError as exc:  # CommandError, or a service's own coded error
             return protocol.reply_error(ctx.request_id, exc.code, exc.message)
         except Exception as exc:  # a bug must not cost the requester its reply
             log.exception("command %s failed", ctx.verb)
