@@ -18,7 +18,6 @@ import time
 from typing import Any
 
 from guetteur.centre.client import CentreClient, CentreError
-from guetteur.ptz.arbiter import ACTIONS, CONTINUOUS
 from guetteur.uplink import protocol
 
 
@@ -29,12 +28,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--root", default=protocol.DEFAULT_ROOT, help="topic prefix")
     parser.add_argument("--gateway", "-g", required=True, help="gateway id")
     parser.add_argument("--camera", "-c", required=True, help="camera id")
-    parser.add_argument("action", choices=ACTIONS, help="what the camera should do")
-    parser.add_argument("--pan", type=float, help="velocity -1..1 (move) or position")
-    parser.add_argument("--tilt", type=float, help="velocity -1..1 (move) or position")
-    parser.add_argument("--zoom", type=float, help="velocity -1..1 (move/zoom) or position 0..1")
-    parser.add_argument("--speed", type=float, help="speed 0..1")
-    parser.add_argument("--preset", type=int, help="preset number (from 1)")
+    parser.add_argument("action", choices=protocol.PTZ_ACTIONS, help="what the camera should do")
+    for name in protocol.PTZ_FIELDS:
+        kind = int if name == "preset" else float
+        parser.add_argument(f"--{name}", type=kind, help=protocol.PTZ_FIELD_HELP[name])
     parser.add_argument("--operator", help="operator name recorded in the audit trail")
     parser.add_argument("--priority", type=int, default=0, help="0..100; higher pre-empts")
     parser.add_argument(
@@ -54,7 +51,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def build_payload(args: argparse.Namespace, action: str | None = None) -> dict[str, Any]:
     payload: dict[str, Any] = {"camera": args.camera, "action": action or args.action}
     if action is None:
-        for name in ("pan", "tilt", "zoom", "speed", "preset"):
+        for name in protocol.PTZ_FIELDS:
             value = getattr(args, name)
             if value is not None:
                 payload[name] = value
@@ -76,7 +73,7 @@ def _show(reply: dict[str, Any], as_json: bool) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.repeat_for and args.action not in CONTINUOUS:
+    if args.repeat_for and args.action not in protocol.PTZ_CONTINUOUS:
         print("--repeat-for only applies to move and zoom", file=sys.stderr)
         return 2
     client = CentreClient(
