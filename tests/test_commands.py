@@ -9,7 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from guetteur.errors import GuetteurError
 from guetteur.ptz.arbiter import Refusal
 from guetteur.record.clips import ClipError
-from guetteur.uplink import protocol
+from guetteur.uplink import messages, protocol
 from guetteur.uplink.audit import AuditTrail
 from guetteur.uplink.commands import CommandContext, CommandDispatcher, CommandError
 from guetteur.uplink.publish import ClipFile, OutboundItem
@@ -126,5 +126,5 @@ def test_any_coded_error_a_handler_lets_through_is_answered_with_its_code() -> N
     d.register("move", Move, refuse)
     first = d.handle("move", b'{"id":"r1","camera":"c"}')
     second = d.handle("move", b'{"id":"r2","camera":"c"}')
-    assert first == protocol.reply_error("r1", "locked", "camera c is controlled by alice")
+    assert first == messages.reply_error("r1", "locked", "camera c is controlled by alice")
     assert second["error"] == {"code": "not_found", "message": "nothing recorded for camera c"}

@@ -16,7 +16,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
-from guetteur.uplink import protocol
+from guetteur.uplink import messages, protocol
 from guetteur.uplink.mqttutil import configure_tls, new_client, parse_broker_url, publish_properties
 
 log = logging.getLogger(__name__)
@@ -134,7 +134,7 @@ class CentreClient:
         try:
             waiter[1].append(protocol.loads(bytes(msg.payload)))
         except protocol.MessageError as exc:
-            waiter[1].append(protocol.reply_error(None, "bad_reply", str(exc)))
+            waiter[1].append(messages.reply_error(None, "bad_reply", str(exc)))
         waiter[0].set()
 
     # -- subscriptions -------------------------------------------------------------------------

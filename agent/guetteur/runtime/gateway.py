@@ -45,7 +45,7 @@ from guetteur.runtime.health import HealthSupervisor
 from guetteur.sources import open_source
 from guetteur.sources.base import CameraStatus, Source
 from guetteur.timeutil import clock_synchronised, iso_ms
-from guetteur.uplink import protocol
+from guetteur.uplink import messages, protocol
 from guetteur.uplink.audit import AuditTrail
 from guetteur.uplink.commands import CommandContext, CommandDispatcher, CommandError
 from guetteur.uplink.link import DirectPublisher, Link
@@ -273,26 +273,16 @@ class CameraWorker:
             self._detections = (frame.pts_s, kept)
 
     def status_message(self) -> dict[str, Any]:
-        s = self.status
-        return {
-            "camera": s.camera,
-            "connected": s.connected,
-            "state": s.state,
-            "fps": s.fps,
-            "resolution": f"{s.width}x{s.height}" if s.width and s.height else None,
-            "codec": s.codec,
-            "last_error": s.last_error,
-            "since": iso_ms(s.since) if s.since else None,
-            "frames_analysed": self.frames_analysed,
-            "frames_dropped": self.frames_dropped,
-            "detector_skipped": (
+        return messages.camera_status(
+            self.status,
+            frames_analysed=self.frames_analysed,
+            frames_dropped=self.frames_dropped,
+            detector_skipped=(
                 self.gateway.detector_worker.skipped(self.camera.id)
                 if self.gateway.detector_worker is not None
                 else None
             ),
-            "time": iso_ms(),
-            **{k: v for k, v in s.extra.items() if isinstance(v, str | int | float | bool)},
-        }
+        )
 
 
 class Gateway:
@@ -459,7 +449,7 @@ class Gateway:
                 self.clipper.event_ended(
                     update.camera, update.event_id, update.start_wall, update.end_wall
                 )
-        message = update.to_message(self.config.gateway_id)
+        message = messages.event(update, self.config.gateway_id)
         self.publisher.submit(
             OutboundItem(
                 item_id=update.message_id,
@@ -488,30 +478,28 @@ class Gateway:
                     priority=Priority.SNAPSHOT,
                     camera=update.camera,
                     content_type="image/jpeg",
-                    user_properties={
-                        "event_id": update.event_id,
-                        "item_id": snap_id,
-                        "time": iso_ms(update.start_wall),
-                    },
+                    user_properties=messages.event_snapshot_properties(
+                        snap_id, update.event_id, update.start_wall
+                    ),
                 )
             )
 
     def status_message(self, state: str = "online") -> dict[str, Any]:
         disk = shutil.disk_usage(self.data_dir)
-        return {
-            "state": state,
-            "gateway": self.config.gateway_id,
-            "site": self.config.site,
-            "version": __version__,
-            "time": iso_ms(),
-            "uptime_s": round(time.time() - self.started_at, 1),
-            "clock_synced": clock_synchronised(),
-            "cameras": {cid: w.status.state for cid, w in self.workers.items()},
-            "disk": {"free_bytes": disk.free, "total_bytes": disk.total},
-            "recording": self.recorder.status() if self.recorder is not None else None,
-            "outbox": self.outbox.depth() if self.outbox is not None else None,
-            "warnings": self.warnings(),
-        }
+        return messages.gateway_status(
+            gateway=self.config.gateway_id,
+            state=state,
+            site=self.config.site,
+            version=__version__,
+            uptime_s=time.time() - self.started_at,
+            clock_synced=clock_synchronised(),
+            cameras={cid: w.status.state for cid, w in self.workers.items()},
+            disk_free_bytes=disk.free,
+            disk_total_bytes=disk.total,
+            recording=self.recorder.status() if self.recorder is not None else None,
+            outbox=self.outbox.depth() if self.outbox is not None else None,
+            warnings=self.warnings(),
+        )
 
     def warnings(self) -> list[str]:
         found = list(self._warnings)
@@ -573,11 +561,9 @@ class Gateway:
                 priority=Priority.SNAPSHOT,
                 camera=req.camera,
                 content_type="image/jpeg",
-                user_properties={
-                    "item_id": snap_id,
-                    "request_id": ctx.request_id or "",
-                    "time": iso_ms(frame.wallclock),
-                },
+                user_properties=messages.requested_snapshot_properties(
+                    snap_id, ctx.request_id, frame.wallclock
+                ),
             )
         )
         return {"snapshot_id": snap_id, "time": iso_ms(frame.wallclock), "bytes": len(jpeg)}

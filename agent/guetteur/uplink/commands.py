@@ -17,7 +17,7 @@ from pydantic import BaseModel, ValidationError
 
 from guetteur.config import validation_problems
 from guetteur.errors import GuetteurError
-from guetteur.uplink import protocol
+from guetteur.uplink import messages, protocol
 from guetteur.uplink.audit import AuditTrail
 from guetteur.uplink.protocol import ErrorCode
 
@@ -107,7 +107,7 @@ class CommandDispatcher:
             request_id = str(rid) if rid is not None else None
             data.pop("v", None)
         except protocol.MessageError as exc:
-            return protocol.reply_error(None, ErrorCode.BAD_REQUEST, str(exc))
+            return messages.reply_error(None, ErrorCode.BAD_REQUEST, str(exc))
         operator = data.get("operator") if isinstance(data.get("operator"), str) else None
         ctx = CommandContext(
             verb=verb,
@@ -133,7 +133,7 @@ class CommandDispatcher:
         entry = self._verbs.get(ctx.verb)
         if entry is None:
             known = ", ".join(self.verbs) or "none"
-            return protocol.reply_error(
+            return messages.reply_error(
                 ctx.request_id,
                 ErrorCode.UNKNOWN_VERB,
                 f"unknown command {ctx.verb!r}; known: {known}",
@@ -141,11 +141,11 @@ class CommandDispatcher:
         try:
             model = entry.model.model_validate(data)
         except ValidationError as exc:
-            return protocol.reply_error(
+            return messages.reply_error(
                 ctx.request_id, ErrorCode.BAD_REQUEST, format_validation_error(exc)
             )
         if self._allowed is not None and ctx.client_id not in self._allowed:
-            return protocol.reply_error(
+            return messages.reply_error(
                 ctx.request_id,
                 ErrorCode.FORBIDDEN,
                 f"client {ctx.client_id!r} may not send commands",
@@ -156,7 +156,7 @@ class CommandDispatcher:
             )
             allowed = bucket.take()
         if not allowed:
-            return protocol.reply_error(
+            return messages.reply_error(
                 ctx.request_id,
                 ErrorCode.RATE_LIMITED,
                 f"too many {ctx.verb} commands from {ctx.client_id}; slow down",
@@ -164,10 +164,10 @@ class CommandDispatcher:
         try:
             fields = entry.handler(ctx, model)
         except GuetteurError as exc:  # CommandError, or a service's own coded error
-            return protocol.reply_error(ctx.request_id, exc.code, exc.message)
+            return messages.reply_error(ctx.request_id, exc.code, exc.message)
         except Exception as exc:  # a bug must not cost the requester its reply
             log.exception("command %s failed", ctx.verb)
-            return protocol.reply_error(
+            return messages.reply_error(
                 ctx.request_id, ErrorCode.INTERNAL, f"internal error: {type(exc).__name__}: {exc}"
             )
-        return protocol.reply_ok(ctx.request_id, **fields)
+        return messages.reply_ok(ctx.request_id, **fields)

@@ -46,8 +46,7 @@ from typing import Any
 import paho.mqtt.client as mqtt
 
 from guetteur.config import OutboxConfig
-from guetteur.timeutil import iso_ms
-from guetteur.uplink import protocol
+from guetteur.uplink import messages, protocol
 from guetteur.uplink.link import Link
 from guetteur.uplink.publish import ClipFile, OutboundItem, Priority
 
@@ -337,23 +336,15 @@ class Outbox:
             )
             return
         count = len(chunk_sha)
-        manifest = {
-            "id": protocol.clip_manifest_item_id(clip.clip_id),
-            "clip_id": clip.clip_id,
-            "gateway": self.gateway_id,
-            "camera": clip.camera,
-            "event_id": clip.event_id,
-            "request_id": clip.request_id,
-            "start": clip.start,
-            "end": clip.end,
-            "content_type": "video/mp4",
-            "size": size,
-            "sha256": sha,
-            "chunk_size": chunk_size,
-            "count": count,
-            "chunk_sha256": chunk_sha,
-            "time": iso_ms(),
-        }
+        manifest = messages.clip_manifest(
+            clip,
+            protocol.clip_manifest_item_id(clip.clip_id),
+            self.gateway_id,
+            size,
+            sha,
+            chunk_size,
+            chunk_sha,
+        )
         payload = protocol.dumps(manifest)
         target = self.clip_dir / f"{clip.clip_id}.mp4"
         with self._lock:

@@ -197,14 +197,6 @@ PTZ_FIELD_HELP: dict[str, str] = {
 }
 
 
-def reply_ok(request_id: str | None, **fields: Any) -> dict[str, Any]:
-    return {"ok": True, "id": request_id, **fields}
-
-
-def reply_error(request_id: str | None, code: str, message: str) -> dict[str, Any]:
-    return {"ok": False, "id": request_id, "error": {"code": code, "message": message}}
-
-
 # -- end-to-end acknowledgements and clip upload (outbox ↔ centre receiver) ---------------------
 
 # MQTT 5 user properties carried by every item the outbox publishes.
