@@ -1,6 +1,6 @@
 """`guetteur centre ptz`: steer a gateway's PTZ camera from the centre side.
 
-    guetteur centre ptz -b mqtt://broker:1883 --gateway gw1 --camera dome1 move --pan 0.5
+    guetteur centre ptz -b mqtt://broker:1883 -g gw1 --camera dome1 move --pan 0.5
     guetteur centre ptz ... --camera dome1 move --pan -0.3 --repeat-for 5   # hold 5 s, then stop
     guetteur centre ptz ... --camera dome1 goto_preset --preset 3
 
@@ -17,17 +17,21 @@ import sys
 import time
 from typing import Any
 
-from guetteur.centre.client import CentreClient, CentreError
+from guetteur.centre.client import (
+    LOCAL_BROKER,
+    CentreClient,
+    CentreError,
+    add_connection_arguments,
+    add_gateway_argument,
+    client_from_args,
+)
 from guetteur.uplink import protocol
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "-b", "--broker", default="mqtt://127.0.0.1:1883", help="broker URL (mqtt:// or mqtts://)"
-    )
-    parser.add_argument("--root", default=protocol.DEFAULT_ROOT, help="topic prefix")
-    parser.add_argument("--gateway", "-g", required=True, help="gateway id")
-    parser.add_argument("--camera", "-c", required=True, help="camera id")
+    add_connection_arguments(parser, broker=LOCAL_BROKER)
+    add_gateway_argument(parser)
+    parser.add_argument("--camera", required=True, help="camera id")
     parser.add_argument("action", choices=protocol.PTZ_ACTIONS, help="what the camera should do")
     for name in protocol.PTZ_FIELDS:
         kind = int if name == "preset" else float
@@ -43,9 +47,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--timeout", type=float, default=5.0, help="reply timeout, seconds")
     parser.add_argument("--json", action="store_true", help="print replies as JSON")
-    parser.add_argument("--ca", help="CA file verifying the broker (mqtts://)")
-    parser.add_argument("--cert", help="client certificate (mutual TLS)")
-    parser.add_argument("--key", help="client certificate key")
 
 
 def build_payload(args: argparse.Namespace, action: str | None = None) -> dict[str, Any]:
@@ -76,12 +77,10 @@ def run(args: argparse.Namespace) -> int:
     if args.repeat_for and args.action not in protocol.PTZ_CONTINUOUS:
         print("--repeat-for only applies to move and zoom", file=sys.stderr)
         return 2
-    client = CentreClient(
-        args.broker, root=args.root, ca_file=args.ca, cert_file=args.cert, key_file=args.key
-    )
     try:
+        client = client_from_args(args)
         client.connect()
-    except CentreError as exc:
+    except (CentreError, ValueError) as exc:
         print(f"ptz: {exc}", file=sys.stderr)
         return 2
     try:
