@@ -1,7 +1,9 @@
-"""MQTT interface version 1: topic layout, message schemas and (de)serialisation.
+"""MQTT interface version 1: its vocabulary. Topic layout, ids, (de)serialisation, error codes,
+the PTZ actions and their domains, acknowledgements and clip item ids.
 
-Shared by the agent and the centre-side tools, so both sides agree by construction. See
-docs/mqtt-interface.md and docs/asyncapi.yaml for the contract in prose and schema form.
+Shared by the agent and the centre-side tools, so both sides agree by construction. The bodies
+the gateway publishes are built in ``uplink.messages``. See docs/mqtt-interface.md and
+docs/asyncapi.yaml for the contract in prose and schema form.
 """
 
 from __future__ import annotations
