@@ -6,7 +6,10 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from guetteur.uplink import protocol
+from guetteur.errors import GuetteurError
+from guetteur.ptz.arbiter import Refusal
+from guetteur.record.clips import ClipError
+from guetteur.uplink import messages, protocol
 from guetteur.uplink.audit import AuditTrail
 from guetteur.uplink.commands import CommandContext, CommandDispatcher, CommandError
 from guetteur.uplink.publish import ClipFile, OutboundItem
@@ -108,3 +111,20 @@ def test_topics_round_trip() -> None:
     assert protocol.parse_topic("guetteur/v1", t.command("ptz"))["verb"] == "ptz"
     assert protocol.parse_topic("other", t.status) is None
     assert protocol.valid_id("cam-1_a") and not protocol.valid_id("../etc")
+
+
+def test_any_coded_error_a_handler_lets_through_is_answered_with_its_code() -> None:
+    refusals: list[GuetteurError] = [
+        Refusal(protocol.ErrorCode.LOCKED, "camera c is controlled by alice"),
+        ClipError(protocol.ErrorCode.NOT_FOUND, "nothing recorded for camera c"),
+    ]
+
+    def refuse(_ctx: CommandContext, _req: Move) -> dict[str, Any]:
+        raise refusals.pop(0)
+
+    d = CommandDispatcher()
+    d.register("move", Move, refuse)
+    first = d.handle("move", b'{"id":"r1","camera":"c"}')
+    second = d.handle("move", b'{"id":"r2","camera":"c"}')
+    assert first == messages.reply_error("r1", "locked", "camera c is controlled by alice")
+    assert second["error"] == {"code": "not_found", "message": "nothing recorded for camera c"}

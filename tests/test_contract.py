@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 import yaml
 
+from guetteur.uplink import protocol
 from tests.contract import SCHEMAS, ContractError, kinds, validate, validator
 
 DOC = SCHEMAS.parent / "asyncapi.yaml"
@@ -90,6 +91,15 @@ def test_every_topic_of_the_design_has_a_channel() -> None:
         "{root}/{gw}/cmd/live.start",
     ):
         assert topic in addresses
+
+
+def test_ptz_command_schema_speaks_the_protocols_ptz_vocabulary() -> None:
+    schema = json.loads((SCHEMAS / "command-ptz.json").read_text())
+    assert tuple(schema["properties"]["action"]["enum"]) == protocol.PTZ_ACTIONS
+    assert set(protocol.PTZ_FIELDS) <= set(schema["properties"])
+    assert schema["properties"]["speed"]["minimum"] == protocol.PTZ_SPEED[0]
+    assert schema["properties"]["speed"]["maximum"] == protocol.PTZ_SPEED[1]
+    assert schema["properties"]["preset"]["minimum"] == protocol.PTZ_FIRST_PRESET
 
 
 @pytest.mark.parametrize(

@@ -9,6 +9,7 @@ from guetteur.analytics.events import EventTracker, EventUpdate
 from guetteur.analytics.motion import MotionResult
 from guetteur.config import EventsConfig
 from guetteur.media.types import AnalyticFrame, Box
+from guetteur.uplink import messages
 
 FPS = 5.0
 IMAGE = np.full((180, 320, 3), 90, np.uint8)
@@ -61,7 +62,7 @@ def test_one_event_start_update_end_with_times() -> None:
     assert end.end_s is not None and abs(end.end_s - 7.8) < 1e-6
     assert len({u.event_id for u in out}) == 1
     assert [u.seq for u in out] == list(range(len(out)))
-    msg = start.to_message("gw1")
+    msg = messages.event(start, "gw1")
     assert msg["type"] == "start" and msg["camera"] == "cam1" and msg["clock_synced"] is True
     assert msg["start"].endswith("Z") and len(msg["start"]) == len("2026-01-01T00:00:00.000Z")
     assert msg["boxes"] == [[0.4, 0.3, 0.1, 0.3]]

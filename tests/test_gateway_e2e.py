@@ -17,6 +17,8 @@ from pathlib import Path
 from typing import Any
 
 import av
+import cv2
+import numpy as np
 import yaml
 
 from guetteur.centre.client import CentreClient
@@ -50,6 +52,16 @@ def clip_seconds(path: Path) -> tuple[float, int]:
         stream = container.streams.video[0]
         frames = [f.time for f in container.decode(stream) if f.time is not None]
     return (max(frames) - min(frames), len(frames))
+
+
+def guetteur(*argv: str) -> subprocess.CompletedProcess[Any]:
+    """``python -m guetteur ARGV``; text output unless it writes to stdout (``-o -``)."""
+    return subprocess.run(
+        [sys.executable, "-m", "guetteur", *argv],
+        capture_output=True,
+        text="-" not in argv,
+        timeout=60,
+    )
 
 
 def test_event_snapshot_clip_and_export_reach_the_centre_receiver(
@@ -242,6 +254,20 @@ def test_malformed_commands_get_codes_and_the_gateway_carries_on(
                 "a snapshot from the test camera",
             )
             assert snap["bytes"] > 1000
+        # the centre tool saves the picture, to a file or to stdout
+        jpeg = tmp_path / "cam.jpg"
+        common = ["centre", "snapshot", "-b", broker.url, "-g", "gw-bad", "--camera", "cam"]
+        saved = guetteur(*common, "-o", str(jpeg))
+        assert saved.returncode == 0, saved.stderr
+        assert f"written to {jpeg}" in saved.stdout
+        piped = guetteur(*common, "-o", "-")
+        assert piped.returncode == 0, piped.stderr
+        assert "published on cam/cam/snapshot" in piped.stderr.decode()
+        for picture in (jpeg.read_bytes(), piped.stdout):
+            image = cv2.imdecode(np.frombuffer(picture, np.uint8), cv2.IMREAD_COLOR)
+            assert image is not None and image.shape[2] == 3
+        refused = guetteur("centre", "snapshot", "-b", broker.url, "-g", "gw-bad", "--camera", "x")
+        assert refused.returncode == 1 and "unknown_camera" in refused.stderr
     finally:
         gateway.stop()
 

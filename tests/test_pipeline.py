@@ -3,7 +3,7 @@
 Three cameras on one gateway at once: a person walks across one from t=5 s to t=8 s, the other has
 a global lighting step, the third is unreachable. The first yields exactly one event starting
 within 0.5 s of t=5 s, the second none, the third says why in its retained status while the
-others keep working.
+others keep working. And one camera worker alone, on nothing but its callbacks.
 """
 
 from __future__ import annotations
@@ -21,10 +21,13 @@ import paho.mqtt.client as mqtt
 from guetteur.centre.client import CentreClient
 from guetteur.config import validate_config
 from guetteur.media.types import EncodedPacket
+from guetteur.runtime.camera_worker import CameraWorker
 from guetteur.runtime.gateway import Gateway
+from guetteur.sources import open_source
 from guetteur.timeutil import parse_iso
 from guetteur.uplink import protocol
 from guetteur.uplink.mqttutil import user_properties
+from tests.contract import validate
 from tests.fixtures.broker import MosquittoBroker, free_port
 from tests.fixtures.media import MediaFactory
 from tests.fixtures.rtsp import RtspServerFactory
@@ -133,3 +136,41 @@ def test_motion_event_from_rtsp_camera_reaches_the_centre(
     assert dead["connected"] is False and dead["last_error"], dead
     assert str(dead_port) in dead["last_error"]
     assert statuses["walk"]["codec"] == "h264" and statuses["walk"]["resolution"] == "640x360"
+
+
+def test_camera_worker_needs_nothing_but_its_callbacks() -> None:
+    config = validate_config(
+        {
+            "gateway_id": "gw-alone",
+            "mqtt": {"url": "mqtt://127.0.0.1:1"},
+            "events": {"end_quiet_s": 1.0},
+            "cameras": [{"id": "street", "url": "test:walk?start=1&end=2.5&duration=30&gop=1"}],
+        }
+    )
+    camera = config.cameras[0]
+    updates: list[Any] = []
+    statuses: list[dict[str, Any]] = []
+    packets: list[EncodedPacket] = []
+    worker = CameraWorker(
+        camera,
+        open_source(camera),
+        config.events,
+        publish_event=updates.append,
+        publish_status=lambda w: statuses.append(w.status_message()),
+    )
+    worker.packet_consumers.append(packets.append)
+    worker.start()
+    try:
+        deadline = time.monotonic() + 30
+        while not any(u.kind == "end" for u in updates) and time.monotonic() < deadline:
+            time.sleep(0.2)
+    finally:
+        worker.stop()
+    kinds = [u.kind for u in updates]
+    assert kinds[0] == "start" and kinds[-1] == "end", kinds
+    assert updates[0].snapshot is not None and updates[0].snapshot[:2] == b"\xff\xd8"
+    assert packets and worker.frames_analysed > 0
+    states = [status["state"] for status in statuses]
+    assert states[0] == "streaming" and states[-1] == "stopped", states  # changes only
+    for status in statuses:
+        validate("camera-status", {"v": 1, **status})

@@ -95,6 +95,6 @@ def test_held_move_is_renewed_then_stopped(
 def test_refusal_exits_1_with_the_reason(
     broker: MosquittoBroker, agent: PtyPair, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    args = parse("-b", broker.url, "-g", "gw1", "-c", "dome", "goto_preset", "--preset", "99")
+    args = parse("-b", broker.url, "-g", "gw1", "--camera", "dome", "goto_preset", "--preset", "99")
     assert centre_ptz.run(args) == 1
     assert "refused [out_of_range]" in capsys.readouterr().err

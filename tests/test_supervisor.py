@@ -12,7 +12,8 @@ import pytest
 
 from guetteur.config import validate_config
 from guetteur.media.types import AnalyticFrame, EncodedPacket
-from guetteur.runtime.gateway import MAX_RESTARTS_WITHOUT_PACKET, Gateway
+from guetteur.runtime.camera_worker import MAX_RESTARTS_WITHOUT_PACKET
+from guetteur.runtime.gateway import Gateway
 from guetteur.runtime.health import HealthSupervisor
 from guetteur.sources import open_source
 from guetteur.sources.base import CameraStatus, Source, SourceSink

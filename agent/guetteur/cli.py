@@ -1,8 +1,13 @@
-"""Command line: `guetteur run | demo | doctor | discover | snapshot | export | config … | centre …`.
+"""Command line: `guetteur run | demo | config … | doctor | detect | discover | export | provision |
+update | centre (events | receive | live | ptz | snapshot)`.
 
-Subcommands owned by other modules expose ``add_arguments(parser)`` and ``run(args) -> int``;
-they are imported only when their command runs, so `guetteur --help` stays fast and an optional
-dependency missing for one command never breaks the others.
+Tools owned by other modules expose ``add_arguments(parser)`` and ``run(args) -> int``. A tool's
+module is imported only when that tool runs (or its ``--help`` is asked for): `guetteur run` on a
+gateway loads none of the centre tools or technician tools, and an optional dependency missing
+for one tool never breaks the others.
+
+Flags mean one thing everywhere: ``-c`` is ``--config``; the centre tools share ``-b/--broker``,
+``--root``, ``--ca/--cert/--key`` (``centre.client.add_connection_arguments``) and ``-g/--gateway``.
 """
 
 from __future__ import annotations
@@ -13,15 +18,16 @@ import logging
 import signal
 import sys
 import threading
-from collections.abc import Callable
-from types import FrameType, ModuleType
+from collections.abc import Callable, Sequence
+from types import FrameType
+from typing import Any
 
 from guetteur import __version__
 
 log = logging.getLogger("guetteur")
 
 # name -> (module, one-line help). Each module has add_arguments(parser) and run(args).
-EXTERNAL_COMMANDS: dict[str, tuple[str, str]] = {
+TOOLS: dict[str, tuple[str, str]] = {
     "doctor": ("guetteur.ops.doctor", "check this gateway: config, cameras, broker, clock, disk"),
     "detect": (
         "guetteur.analytics.detection.cli",
@@ -32,7 +38,7 @@ EXTERNAL_COMMANDS: dict[str, tuple[str, str]] = {
     "provision": ("guetteur.ops.provision", "first-boot provisioning from the boot partition"),
     "update": ("guetteur.ops.updates", "verify and install a signed agent update bundle"),
 }
-CENTRE_COMMANDS: dict[str, tuple[str, str]] = {
+CENTRE_TOOLS: dict[str, tuple[str, str]] = {
     "events": ("guetteur.centre.events", "print events as the centre receives them"),
     "receive": (
         "guetteur.centre.receiver.cli",
@@ -40,7 +46,53 @@ CENTRE_COMMANDS: dict[str, tuple[str, str]] = {
     ),
     "live": ("guetteur.centre.live", "watch a camera live (fMP4 to a file or stdout)"),
     "ptz": ("guetteur.centre.ptz", "steer a PTZ camera"),
+    "snapshot": ("guetteur.centre.snapshot", "ask a gateway for a snapshot now; save the JPEG"),
 }
+
+
+class LazyToolParser(argparse.ArgumentParser):
+    """A subcommand parser whose arguments ``tool_module`` defines: the module is imported the
+    first time this parser is used (its command runs or its help is shown), never to build the
+    parser of another command."""
+
+    def __init__(self, *args: Any, tool_module: str | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._tool_module = tool_module
+        self._missing: ImportError | None = None
+
+    def _load_tool(self) -> None:
+        module, self._tool_module = self._tool_module, None
+        if module is None:
+            return
+        try:
+            tool = importlib.import_module(module)
+        except ImportError as exc:
+            self._missing = exc
+            self.set_defaults(func=lambda _args, error=exc: _missing(self.prog, error))
+            return
+        tool.add_arguments(self)
+        self.set_defaults(func=tool.run)
+
+    def parse_known_args(  # type: ignore[override]
+        self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
+    ) -> tuple[argparse.Namespace, list[str]]:
+        self._load_tool()
+        if self._missing is not None:  # its arguments are unknown: say why instead of parsing
+            return super().parse_known_args([], namespace)
+        return super().parse_known_args(args, namespace)
+
+    def format_help(self) -> str:
+        self._load_tool()
+        return super().format_help()
+
+    def format_usage(self) -> str:
+        self._load_tool()
+        return super().format_usage()
+
+
+def _missing(prog: str, exc: ImportError) -> int:
+    print(f"{prog}: not available in this installation ({exc})", file=sys.stderr)
+    return 2
 
 
 def setup_logging(level: str = "INFO") -> None:
@@ -50,29 +102,19 @@ def setup_logging(level: str = "INFO") -> None:
     setup(level)
 
 
-def _lazy(sub: argparse._SubParsersAction, name: str, module: str, help_text: str) -> None:
-    """Register a subcommand whose arguments are defined by ``module``."""
-    parser = sub.add_parser(name, help=help_text, description=help_text)
-    try:
-        mod: ModuleType | None = importlib.import_module(module)
-    except ImportError as exc:
-        parser.set_defaults(func=lambda _a, e=exc: _missing(name, e))
-        return
-    assert mod is not None
-    mod.add_arguments(parser)
-    parser.set_defaults(func=mod.run)
-
-
-def _missing(name: str, exc: ImportError) -> int:
-    print(f"guetteur {name}: not available in this installation ({exc})", file=sys.stderr)
-    return 2
+def _add_tools(sub: argparse._SubParsersAction, tools: dict[str, tuple[str, str]]) -> None:
+    for name, (module, help_text) in tools.items():
+        sub.add_parser(name, help=help_text, description=help_text, tool_module=module)
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The whole command line; imports no tool module (see LazyToolParser)."""
     parser = argparse.ArgumentParser(prog="guetteur", description="Guetteur camera-gateway agent")
     parser.add_argument("--version", action="version", version=f"guetteur {__version__}")
     parser.add_argument("--log-level", default=None, choices=["DEBUG", "INFO", "WARNING", "ERROR"])
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub = parser.add_subparsers(
+        dest="command", required=True, metavar="COMMAND", parser_class=LazyToolParser
+    )
 
     p = sub.add_parser("run", help="run the agent (systemd runs this)")
     p.add_argument("-c", "--config", required=True, help="YAML config file")
@@ -90,20 +132,10 @@ def build_parser() -> argparse.ArgumentParser:
     c = csub.add_parser("reference", help="print the config reference (Markdown)")
     c.set_defaults(func=cmd_config_reference)
 
-    p = sub.add_parser("snapshot", help="ask a gateway for a snapshot now (centre side)")
-    p.add_argument("-b", "--broker", required=True, help="broker URL, mqtt://HOST:PORT")
-    p.add_argument("--gateway", required=True)
-    p.add_argument("--camera", required=True)
-    p.add_argument("--root", default="guetteur/v1")
-    p.set_defaults(func=cmd_snapshot)
+    _add_tools(sub, TOOLS)
 
-    for name, (module, help_text) in EXTERNAL_COMMANDS.items():
-        _lazy(sub, name, module, help_text)
-
-    p = sub.add_parser("centre", help="centre-side tools (events, receive, live, ptz)")
-    csub = p.add_subparsers(dest="centre_command", required=True, metavar="TOOL")
-    for name, (module, help_text) in CENTRE_COMMANDS.items():
-        _lazy(csub, name, module, help_text)
+    p = sub.add_parser("centre", help=f"centre-side tools ({', '.join(CENTRE_TOOLS)})")
+    _add_tools(p.add_subparsers(dest="centre_command", required=True, metavar="TOOL"), CENTRE_TOOLS)
     return parser
 
 
@@ -168,26 +200,6 @@ def cmd_demo(args: argparse.Namespace) -> int:
     stop = threading.Event()
     _install_stop_handlers(stop)
     return run_demo(args.seconds, stop)
-
-
-def cmd_snapshot(args: argparse.Namespace) -> int:
-    from guetteur.centre.client import CentreClient, CentreError
-
-    try:
-        with CentreClient(args.broker, root=args.root) as client:
-            reply = client.request(args.gateway, "snapshot", {"camera": args.camera})
-    except CentreError as exc:
-        print(f"snapshot: {exc}", file=sys.stderr)
-        return 1
-    if not reply.get("ok"):
-        err = reply.get("error", {})
-        print(f"snapshot refused: {err.get('code')}: {err.get('message')}", file=sys.stderr)
-        return 1
-    print(
-        f"snapshot {reply['snapshot_id']} at {reply['time']} ({reply['bytes']} bytes) "
-        f"published on cam/{args.camera}/snapshot"
-    )
-    return 0
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -19,14 +19,14 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol
+from typing import Literal, Protocol
 
 import cv2
 import numpy as np
 
 from guetteur.config import EventsConfig
 from guetteur.media.types import AnalyticFrame, Box
-from guetteur.timeutil import clock_synchronised, iso_ms
+from guetteur.timeutil import clock_synchronised
 
 EventKind = Literal["start", "update", "end"]
 
@@ -81,26 +81,6 @@ class EventUpdate:
     @property
     def message_id(self) -> str:
         return f"{self.event_id}:{self.seq}"
-
-    def to_message(self, gateway: str) -> dict[str, Any]:
-        return {
-            "id": self.message_id,
-            "event_id": self.event_id,
-            "seq": self.seq,
-            "type": self.kind,
-            "gateway": gateway,
-            "camera": self.camera,
-            "start": iso_ms(self.start_wall),
-            "end": iso_ms(self.end_wall) if self.end_wall is not None else None,
-            "time": iso_ms(),
-            "boxes": [b.as_list() for b in self.boxes],
-            "labels": [
-                {"label": k, "score": round(v, 3)}
-                for k, v in sorted(self.labels.items(), key=lambda kv: -kv[1])
-            ],
-            "score": round(self.peak_score, 4),
-            "clock_synced": self.clock_synced,
-        }
 
 
 @dataclass

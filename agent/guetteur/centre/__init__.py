@@ -1,0 +1,1 @@
+"""Centre-side tools: talk to gateways over the MQTT contract (events, receive, live, ptz, snapshot)."""

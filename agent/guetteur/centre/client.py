@@ -1,11 +1,13 @@
 """Centre-side MQTT client: request/response commands to gateways, and subscriptions.
 
-Used by every centre tool (events, live, ptz, export, receiver). Commands follow MQTT 5
+Used by every centre tool (events, live, ptz, snapshot, receiver). Commands follow MQTT 5
 request/response: a Response Topic private to this client and Correlation Data matching the reply.
+The tools' shared flags (broker, topic root, TLS files, gateway) are defined here, once.
 """
 
 from __future__ import annotations
 
+import argparse
 import logging
 import threading
 import uuid
@@ -16,14 +18,55 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
-from guetteur.uplink import protocol
+from guetteur.uplink import messages, protocol
 from guetteur.uplink.mqttutil import configure_tls, new_client, parse_broker_url, publish_properties
 
 log = logging.getLogger(__name__)
 
 
+LOCAL_BROKER = "mqtt://127.0.0.1:1883"
+
+
 class CentreError(RuntimeError):
     """The broker or the gateway could not be reached, or did not answer in time."""
+
+
+def add_connection_arguments(parser: argparse.ArgumentParser, broker: str | None = None) -> None:
+    """``-b/--broker`` (required, or ``broker`` as its default), ``--root``, ``--ca/--cert/--key``:
+    the flags every centre tool shares."""
+    url_help = "broker URL, mqtt://HOST:PORT or mqtts://HOST:PORT"
+    if broker is None:
+        parser.add_argument("-b", "--broker", required=True, help=url_help)
+    else:
+        parser.add_argument(
+            "-b", "--broker", default=broker, help=f"{url_help} (default %(default)s)"
+        )
+    parser.add_argument(
+        "--root", default=protocol.DEFAULT_ROOT, help="topic prefix (default %(default)s)"
+    )
+    parser.add_argument("--ca", help="CA file verifying the broker (mqtts://)")
+    parser.add_argument("--cert", help="client certificate (mutual TLS)")
+    parser.add_argument("--key", help="client certificate key")
+
+
+def add_gateway_argument(
+    parser: argparse.ArgumentParser, default: str | None = None, help: str = "gateway id"
+) -> None:
+    """``-g/--gateway``: required, or ``default`` (e.g. ``+``: every gateway)."""
+    if default is None:
+        parser.add_argument("-g", "--gateway", required=True, help=help)
+    else:
+        parser.add_argument(
+            "-g", "--gateway", default=default, help=f"{help} (default %(default)s)"
+        )
+
+
+def client_from_args(args: argparse.Namespace) -> CentreClient:
+    """A client (not yet connected) for the flags of ``add_connection_arguments``; raises
+    ValueError with a sentence for a bad broker URL."""
+    return CentreClient(
+        args.broker, root=args.root, ca_file=args.ca, cert_file=args.cert, key_file=args.key
+    )
 
 
 class CentreClient:
@@ -134,7 +177,7 @@ class CentreClient:
         try:
             waiter[1].append(protocol.loads(bytes(msg.payload)))
         except protocol.MessageError as exc:
-            waiter[1].append(protocol.reply_error(None, "bad_reply", str(exc)))
+            waiter[1].append(messages.reply_error(None, "bad_reply", str(exc)))
         waiter[0].set()
 
     # -- subscriptions -------------------------------------------------------------------------

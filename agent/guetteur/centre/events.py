@@ -17,20 +17,20 @@ from typing import TextIO
 
 import paho.mqtt.client as mqtt
 
-from guetteur.centre.client import CentreClient, CentreError
+from guetteur.centre.client import (
+    LOCAL_BROKER,
+    CentreError,
+    add_connection_arguments,
+    add_gateway_argument,
+    client_from_args,
+)
 from guetteur.uplink import protocol
 from guetteur.uplink.mqttutil import user_properties
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "-b",
-        "--broker",
-        default="mqtt://127.0.0.1:1883",
-        help="broker URL, mqtt://HOST:PORT or mqtts://HOST:PORT",
-    )
-    parser.add_argument("--root", default=protocol.DEFAULT_ROOT, help="topic prefix")
-    parser.add_argument("--gateway", "-g", default="+", help="only this gateway (default: all)")
+    add_connection_arguments(parser, broker=LOCAL_BROKER)
+    add_gateway_argument(parser, default="+", help="only this gateway; + for every gateway")
     parser.add_argument(
         "--count",
         "-n",
@@ -51,9 +51,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="acknowledge what is printed, end to end (lets a gateway's outbox "
         "drain when no receiver runs; do not use beside `centre receive`)",
     )
-    parser.add_argument("--ca", help="CA file verifying the broker (mqtts://)")
-    parser.add_argument("--cert", help="client certificate (mutual TLS)")
-    parser.add_argument("--key", help="client certificate key")
 
 
 class EventPrinter:
@@ -129,9 +126,7 @@ def run(args: argparse.Namespace) -> int:
     printer = EventPrinter(sys.stdout, args.json, args.root)
     done = threading.Event()
     try:
-        client = CentreClient(
-            args.broker, root=args.root, ca_file=args.ca, cert_file=args.cert, key_file=args.key
-        )
+        client = client_from_args(args)
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -1,6 +1,6 @@
 """``guetteur centre live``: watch a camera live; writes playable fragmented MP4 to a file or stdout.
 
-    guetteur centre live -b mqtt://broker:1883 --gateway gw1 --camera cam1 -o - | ffplay -
+    guetteur centre live -b mqtt://broker:1883 -g gw1 --camera cam1 -o - | ffplay -
 
 It picks a session id, subscribes to the session topic *first* (so it receives the cached GOP the
 gateway sends at once), sends ``live.start``, renews the lease every third of it, and sends
@@ -30,21 +30,25 @@ from typing import Any, BinaryIO
 
 import paho.mqtt.client as mqtt
 
-from guetteur.centre.client import CentreClient, CentreError
-from guetteur.uplink import protocol
+from guetteur.centre.client import (
+    CentreClient,
+    CentreError,
+    add_connection_arguments,
+    add_gateway_argument,
+    client_from_args,
+)
+from guetteur.errors import GuetteurError
 from guetteur.uplink.mqttutil import user_properties
 from guetteur.uplink.protocol import Topics
 
 log = logging.getLogger(__name__)
 
 
-class LiveError(RuntimeError):
+class LiveError(GuetteurError):
     """The gateway refused or ended the session; ``code`` is its machine-readable code."""
 
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(f"{code}: {message}")
-        self.code = code
-        self.message = message
+    def __str__(self) -> str:
+        return f"{self.code}: {self.message}"
 
 
 # ----------------------------------------------------------------------------------------------
@@ -307,8 +311,8 @@ class OutputFiles:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("-b", "--broker", required=True, help="broker URL, mqtt://HOST:PORT")
-    parser.add_argument("--gateway", required=True, help="gateway id")
+    add_connection_arguments(parser)
+    add_gateway_argument(parser)
     parser.add_argument("--camera", required=True, help="camera id")
     parser.add_argument(
         "--stream",
@@ -342,10 +346,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="S",
         help="stop after S seconds (default: until Ctrl-C or SIGTERM)",
     )
-    parser.add_argument("--root", default=protocol.DEFAULT_ROOT, help="topic prefix")
-    parser.add_argument("--ca-file", default=None, help="CA certificate for mqtts://")
-    parser.add_argument("--cert-file", default=None, help="client certificate for mutual TLS")
-    parser.add_argument("--key-file", default=None, help="client key for mutual TLS")  # fmt: skip
 
 
 def run(args: argparse.Namespace) -> int:
@@ -368,8 +368,7 @@ def run(args: argparse.Namespace) -> int:
 def watch(args: argparse.Namespace, stop: threading.Event) -> int:
     """The body of ``run``, stoppable by ``stop`` (signals set it)."""
     try:
-        client = CentreClient(args.broker, root=args.root, ca_file=args.ca_file,
-                              cert_file=args.cert_file, key_file=args.key_file)  # fmt: skip
+        client = client_from_args(args)
         client.connect()
     except (CentreError, ValueError) as exc:
         print(f"live: {exc}", file=sys.stderr)

@@ -1,6 +1,6 @@
 """`guetteur centre ptz`: steer a gateway's PTZ camera from the centre side.
 
-    guetteur centre ptz -b mqtt://broker:1883 --gateway gw1 --camera dome1 move --pan 0.5
+    guetteur centre ptz -b mqtt://broker:1883 -g gw1 --camera dome1 move --pan 0.5
     guetteur centre ptz ... --camera dome1 move --pan -0.3 --repeat-for 5   # hold 5 s, then stop
     guetteur centre ptz ... --camera dome1 goto_preset --preset 3
 
@@ -17,24 +17,25 @@ import sys
 import time
 from typing import Any
 
-from guetteur.centre.client import CentreClient, CentreError
-from guetteur.ptz.arbiter import ACTIONS, CONTINUOUS
+from guetteur.centre.client import (
+    LOCAL_BROKER,
+    CentreClient,
+    CentreError,
+    add_connection_arguments,
+    add_gateway_argument,
+    client_from_args,
+)
 from guetteur.uplink import protocol
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "-b", "--broker", default="mqtt://127.0.0.1:1883", help="broker URL (mqtt:// or mqtts://)"
-    )
-    parser.add_argument("--root", default=protocol.DEFAULT_ROOT, help="topic prefix")
-    parser.add_argument("--gateway", "-g", required=True, help="gateway id")
-    parser.add_argument("--camera", "-c", required=True, help="camera id")
-    parser.add_argument("action", choices=ACTIONS, help="what the camera should do")
-    parser.add_argument("--pan", type=float, help="velocity -1..1 (move) or position")
-    parser.add_argument("--tilt", type=float, help="velocity -1..1 (move) or position")
-    parser.add_argument("--zoom", type=float, help="velocity -1..1 (move/zoom) or position 0..1")
-    parser.add_argument("--speed", type=float, help="speed 0..1")
-    parser.add_argument("--preset", type=int, help="preset number (from 1)")
+    add_connection_arguments(parser, broker=LOCAL_BROKER)
+    add_gateway_argument(parser)
+    parser.add_argument("--camera", required=True, help="camera id")
+    parser.add_argument("action", choices=protocol.PTZ_ACTIONS, help="what the camera should do")
+    for name in protocol.PTZ_FIELDS:
+        kind = int if name == "preset" else float
+        parser.add_argument(f"--{name}", type=kind, help=protocol.PTZ_FIELD_HELP[name])
     parser.add_argument("--operator", help="operator name recorded in the audit trail")
     parser.add_argument("--priority", type=int, default=0, help="0..100; higher pre-empts")
     parser.add_argument(
@@ -46,15 +47,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--timeout", type=float, default=5.0, help="reply timeout, seconds")
     parser.add_argument("--json", action="store_true", help="print replies as JSON")
-    parser.add_argument("--ca", help="CA file verifying the broker (mqtts://)")
-    parser.add_argument("--cert", help="client certificate (mutual TLS)")
-    parser.add_argument("--key", help="client certificate key")
 
 
 def build_payload(args: argparse.Namespace, action: str | None = None) -> dict[str, Any]:
     payload: dict[str, Any] = {"camera": args.camera, "action": action or args.action}
     if action is None:
-        for name in ("pan", "tilt", "zoom", "speed", "preset"):
+        for name in protocol.PTZ_FIELDS:
             value = getattr(args, name)
             if value is not None:
                 payload[name] = value
@@ -76,15 +74,13 @@ def _show(reply: dict[str, Any], as_json: bool) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.repeat_for and args.action not in CONTINUOUS:
+    if args.repeat_for and args.action not in protocol.PTZ_CONTINUOUS:
         print("--repeat-for only applies to move and zoom", file=sys.stderr)
         return 2
-    client = CentreClient(
-        args.broker, root=args.root, ca_file=args.ca, cert_file=args.cert, key_file=args.key
-    )
     try:
+        client = client_from_args(args)
         client.connect()
-    except CentreError as exc:
+    except (CentreError, ValueError) as exc:
         print(f"ptz: {exc}", file=sys.stderr)
         return 2
     try:

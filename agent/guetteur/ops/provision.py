@@ -38,6 +38,7 @@ from cryptography.x509.oid import NameOID
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 
 from guetteur.config import ConfigError, validate_config, validation_problems
+from guetteur.errors import GuetteurError
 from guetteur.timeutil import iso_ms
 from guetteur.uplink.protocol import ID_PATTERN
 
@@ -55,13 +56,15 @@ DONE_MARKER = ".provisioned"
 BOARD_FILE = "board"  # read by guetteur.ops.hwprofile.detect_board (/etc/guetteur/board)
 
 
-class ProvisionError(Exception):
+class ProvisionError(GuetteurError):
     """Provisioning refused; ``problems`` are ``key.path: sentence`` lines a technician can act on."""
 
     def __init__(self, code: str, problems: list[str]) -> None:
-        self.code = code
+        super().__init__(code, "; ".join(problems))
         self.problems = problems
-        super().__init__(f"{code}: " + "; ".join(problems))
+
+    def __str__(self) -> str:
+        return f"{self.code}: {self.message}"
 
     def report(self) -> str:
         lines = [f"provisioning refused ({self.code}): {len(self.problems)} problem(s)"]

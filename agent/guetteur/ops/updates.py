@@ -42,6 +42,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from guetteur.errors import GuetteurError
 from guetteur.runtime.health import read_health_file
 from guetteur.timeutil import iso_ms
 
@@ -56,13 +57,11 @@ MAX_BUNDLE_BYTES = 1 << 30
 KEEP_RELEASES = 3
 
 
-class UpdateError(Exception):
+class UpdateError(GuetteurError):
     """An update refused or failed, with a machine code and a sentence a technician can act on."""
 
-    def __init__(self, code: str, message: str) -> None:
-        self.code = code
-        self.message = message
-        super().__init__(f"{code}: {message}")
+    def __str__(self) -> str:
+        return f"{self.code}: {self.message}"
 
 
 # ---------------------------------------------------------------------------------------------

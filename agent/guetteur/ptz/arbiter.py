@@ -22,32 +22,24 @@ from dataclasses import dataclass
 from typing import Literal
 
 from guetteur.config import PtzConfig
-from guetteur.uplink.protocol import ErrorCode
-
-Action = Literal[
-    "move", "stop", "zoom", "goto_preset", "set_preset", "home", "absolute", "relative"
-]
-ACTIONS: tuple[Action, ...] = (
-    "move",
-    "stop",
-    "zoom",
-    "goto_preset",
-    "set_preset",
-    "home",
-    "absolute",
-    "relative",
+from guetteur.errors import GuetteurError
+from guetteur.uplink.protocol import (
+    PTZ_ABSOLUTE,
+    PTZ_CONTINUOUS,
+    PTZ_FIRST_PRESET,
+    PTZ_PRESET_ACTIONS,
+    PTZ_RELATIVE,
+    PTZ_SPEED,
+    PTZ_VELOCITY,
+    ErrorCode,
+    PtzAction,
 )
-CONTINUOUS: frozenset[str] = frozenset({"move", "zoom"})
+
 Due = Literal["stop", "home"]
 
 
-class Refusal(Exception):
+class Refusal(GuetteurError):
     """A command the arbiter will not let through: a protocol.ErrorCode and a sentence."""
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
 
 
 @dataclass(frozen=True)
@@ -82,7 +74,7 @@ class Command:
     """A validated command: velocities in -max_speed..max_speed, positions within the camera's
     configured ranges, a preset within 1..presets. ``clamped`` names the fields that were cut."""
 
-    action: Action
+    action: PtzAction
     pan: float | None = None
     tilt: float | None = None
     zoom: float | None = None
@@ -112,7 +104,7 @@ def _clamp(
 
 
 def validate(
-    action: Action,
+    action: PtzAction,
     limits: Limits,
     pan: float | None = None,
     tilt: float | None = None,
@@ -122,10 +114,10 @@ def validate(
 ) -> Command:
     """Check one request against the protocol domain and the camera's limits (pure)."""
     clamped: list[str] = []
-    _check("speed", speed, 0.0, 1.0)
+    _check("speed", speed, *PTZ_SPEED)
     top = limits.max_speed
     speed = _clamp("speed", speed, 0.0, top, clamped)
-    if action in CONTINUOUS:
+    if action in PTZ_CONTINUOUS:
         if action == "zoom":
             pan = tilt = None
             if zoom is None:
@@ -133,7 +125,7 @@ def validate(
         elif pan is None and tilt is None and zoom is None:
             raise Refusal(ErrorCode.BAD_REQUEST, "move needs pan, tilt or zoom velocities (-1..1)")
         for name, value in (("pan", pan), ("tilt", tilt), ("zoom", zoom)):
-            _check(name, value, -1.0, 1.0)
+            _check(name, value, *PTZ_VELOCITY)
         scale = 1.0 if speed is None else speed
         velocities = []
         for name, value in (("pan", pan), ("tilt", tilt), ("zoom", zoom)):
@@ -142,21 +134,22 @@ def validate(
         if pan == tilt == zoom == 0.0:
             return Command("stop", clamped=tuple(clamped))
         return Command(action, pan, tilt, zoom, speed, clamped=tuple(clamped))
-    if action in ("goto_preset", "set_preset"):
+    if action in PTZ_PRESET_ACTIONS:
         if preset is None:
             raise Refusal(ErrorCode.BAD_REQUEST, f"{action} needs a preset number")
-        if not 1 <= preset <= limits.presets:
+        if not PTZ_FIRST_PRESET <= preset <= limits.presets:
             raise Refusal(
                 ErrorCode.OUT_OF_RANGE,
-                f"preset {preset} is out of range (this camera has presets 1..{limits.presets})",
+                f"preset {preset} is out of range "
+                f"(this camera has presets {PTZ_FIRST_PRESET}..{limits.presets})",
             )
         return Command(action, speed=speed, preset=preset, clamped=tuple(clamped))
     if action == "absolute":
         if pan is None and tilt is None and zoom is None:
             raise Refusal(ErrorCode.BAD_REQUEST, "absolute needs pan, tilt or zoom positions")
-        _check("pan", pan, -1.0, 1.0)
-        _check("tilt", tilt, -1.0, 1.0)
-        _check("zoom", zoom, 0.0, 1.0)
+        _check("pan", pan, *PTZ_ABSOLUTE["pan"])
+        _check("tilt", tilt, *PTZ_ABSOLUTE["tilt"])
+        _check("zoom", zoom, *PTZ_ABSOLUTE["zoom"])
         pan = _clamp("pan", pan, *limits.pan_range, clamped)
         tilt = _clamp("tilt", tilt, *limits.tilt_range, clamped)
         zoom = _clamp("zoom", zoom, *limits.zoom_range, clamped)
@@ -164,9 +157,9 @@ def validate(
     if action == "relative":
         if pan is None and tilt is None and zoom is None:
             raise Refusal(ErrorCode.BAD_REQUEST, "relative needs pan, tilt or zoom translations")
-        _check("pan", pan, -2.0, 2.0)
-        _check("tilt", tilt, -2.0, 2.0)
-        _check("zoom", zoom, -1.0, 1.0)
+        _check("pan", pan, *PTZ_RELATIVE["pan"])
+        _check("tilt", tilt, *PTZ_RELATIVE["tilt"])
+        _check("zoom", zoom, *PTZ_RELATIVE["zoom"])
         return Command(action, pan or 0.0, tilt or 0.0, zoom or 0.0, speed, clamped=tuple(clamped))
     return Command(action, speed=speed, clamped=tuple(clamped))  # stop, home
 
@@ -230,7 +223,7 @@ class Arbiter:
         st.held_until = now + st.limits.hold_s
         st.last_command = now
         dead_man_at = None
-        if command.action in CONTINUOUS:
+        if command.action in PTZ_CONTINUOUS:
             st.moving = True
             st.move_deadline = dead_man_at = now + st.limits.dead_man_s
         else:

@@ -5,16 +5,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
+from guetteur.errors import GuetteurError
 from guetteur.uplink.protocol import ErrorCode
 
 
-class DriverError(Exception):
+class DriverError(GuetteurError):
     """A camera that refused, failed or did not answer. ``code`` is a protocol.ErrorCode."""
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
 
 
 class NotSupported(DriverError):

@@ -17,7 +17,8 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from guetteur.config import CameraConfig, PtzConfig
-from guetteur.ptz.arbiter import CONTINUOUS, Action, Arbiter, Command, Limits, Refusal, validate
+from guetteur.errors import GuetteurError
+from guetteur.ptz.arbiter import Arbiter, Command, Limits, Refusal, validate
 from guetteur.ptz.base import DriverError, PtzDriver
 from guetteur.ptz.onvif import OnvifPtzDriver
 from guetteur.ptz.pelco_d import PelcoDDriver
@@ -25,7 +26,7 @@ from guetteur.ptz.serial_line import SerialLine
 from guetteur.ptz.visca import ViscaDriver, ViscaUdpLine
 from guetteur.uplink.audit import AuditTrail
 from guetteur.uplink.commands import CommandContext, CommandDispatcher, CommandError
-from guetteur.uplink.protocol import ErrorCode
+from guetteur.uplink.protocol import PTZ_CONTINUOUS, PTZ_FIELD_HELP, ErrorCode, PtzAction
 
 log = logging.getLogger(__name__)
 
@@ -33,21 +34,18 @@ VERB = "ptz"
 
 
 class PtzCommand(BaseModel):
-    """Payload of ``cmd/ptz``. Velocities (move/zoom) are -1..1, positive = right/up/tele;
-    absolute positions are pan/tilt -1..1 and zoom 0..1; relative translations pan/tilt -2..2,
-    zoom -1..1; speed 0..1 scales moves; presets are numbered from 1."""
+    """Payload of ``cmd/ptz``: an action of the protocol's PTZ vocabulary and its values
+    (``protocol.PTZ_FIELD_HELP``); the arbiter checks them against the protocol's domains."""
 
     model_config = ConfigDict(extra="forbid")
 
     camera: str = Field(description="Camera id")
-    action: Action = Field(
-        description="move|stop|zoom|goto_preset|set_preset|home|absolute|relative"
-    )
-    pan: float | None = Field(None, allow_inf_nan=False, description="Pan velocity or position")
-    tilt: float | None = Field(None, allow_inf_nan=False, description="Tilt velocity or position")
-    zoom: float | None = Field(None, allow_inf_nan=False, description="Zoom velocity or position")
-    speed: float | None = Field(None, allow_inf_nan=False, description="Speed 0..1")
-    preset: int | None = Field(None, description="Preset number (from 1)")
+    action: PtzAction = Field(description=PTZ_FIELD_HELP["action"])
+    pan: float | None = Field(None, allow_inf_nan=False, description=PTZ_FIELD_HELP["pan"])
+    tilt: float | None = Field(None, allow_inf_nan=False, description=PTZ_FIELD_HELP["tilt"])
+    zoom: float | None = Field(None, allow_inf_nan=False, description=PTZ_FIELD_HELP["zoom"])
+    speed: float | None = Field(None, allow_inf_nan=False, description=PTZ_FIELD_HELP["speed"])
+    preset: int | None = Field(None, description=PTZ_FIELD_HELP["preset"])
     operator: str | None = Field(None, min_length=1, max_length=64, description="Who steers")
     priority: int = Field(0, ge=0, le=100, description="Higher pre-empts a lower holder")
 
@@ -152,7 +150,7 @@ class PtzService:
         }
         try:
             reply = self._execute(cmd, operator, record)
-        except CommandError as exc:
+        except GuetteurError as exc:  # refused: the dispatcher replies with its code
             record.update(outcome=exc.code, message=exc.message)
             self._record(f"ptz.{cmd.action}", record, started)
             log.warning("ptz %s on %s refused: %s", cmd.action, cmd.camera, exc.message)
@@ -200,10 +198,7 @@ class PtzService:
                 ErrorCode.TIMEOUT, f"camera {cam.id} is busy with a command that has not finished"
             )
         try:
-            try:
-                grant = self._arbiter.acquire(cam.id, operator, cmd.priority, command)
-            except Refusal as exc:
-                raise CommandError(exc.code, exc.message) from None
+            grant = self._arbiter.acquire(cam.id, operator, cmd.priority, command)
             if grant.preempted:
                 record["preempted"] = grant.preempted
                 log.info("ptz camera %s: %s takes over from %s", cam.id, operator, grant.preempted)
@@ -217,7 +212,7 @@ class PtzService:
             "priority": cmd.priority,
             "held_for_s": cam.ptz.hold_s,
         }
-        if command.action in CONTINUOUS:
+        if command.action in PTZ_CONTINUOUS:
             reply["dead_man_s"] = cam.ptz.dead_man_s
             reply["velocity"] = {"pan": command.pan, "tilt": command.tilt, "zoom": command.zoom}
         if command.clamped:
@@ -236,7 +231,7 @@ class PtzService:
     def _drive(self, camera: str, ptz: PtzConfig, c: Command) -> None:
         try:
             driver = self._driver(camera, ptz)
-            if c.action in CONTINUOUS:
+            if c.action in PTZ_CONTINUOUS:
                 driver.move(c.pan or 0.0, c.tilt or 0.0, c.zoom or 0.0)
             elif c.action == "stop":
                 driver.stop()

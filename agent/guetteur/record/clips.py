@@ -24,6 +24,7 @@ import av
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from guetteur.config import EventsConfig, GuetteurConfig
+from guetteur.errors import GuetteurError
 from guetteur.record.index import Segment, SegmentIndex
 from guetteur.record.writer import Recorder
 from guetteur.timeutil import iso_ms, parse_iso
@@ -37,13 +38,8 @@ GAP_TOLERANCE_S = 0.5  # holes shorter than this (jitter between segments) are n
 _FUTURE_SLACK_S = 2.0  # clocks of centre and gateway differ a little
 
 
-class ClipError(Exception):
+class ClipError(GuetteurError):
     """A clip that cannot be cut: machine code (protocol.ErrorCode) and a sentence."""
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
 
 
 @dataclass(frozen=True)

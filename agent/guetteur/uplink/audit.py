@@ -6,8 +6,7 @@ import logging
 import uuid
 from typing import Any
 
-from guetteur.timeutil import iso_ms
-from guetteur.uplink import protocol
+from guetteur.uplink import messages, protocol
 from guetteur.uplink.publish import OutboundItem, Priority, Publisher
 
 log = logging.getLogger(__name__)
@@ -21,8 +20,7 @@ class AuditTrail:
     def record(self, action: str, **fields: Any) -> str:
         """Record one audited action (e.g. ``ptz.move``, ``live.start``); returns its id."""
         record_id = str(uuid.uuid4())
-        body = {"id": record_id, "time": iso_ms(), "gateway": self._gateway_id, "action": action}
-        body.update({k: v for k, v in fields.items() if v is not None})
+        body = messages.audit_record(record_id, self._gateway_id, action, fields)
         log.info("audit %s %s", action, {k: v for k, v in fields.items() if v is not None})
         self._publisher.submit(
             OutboundItem(

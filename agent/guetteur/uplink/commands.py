@@ -16,20 +16,16 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from guetteur.config import validation_problems
-from guetteur.uplink import protocol
+from guetteur.errors import GuetteurError
+from guetteur.uplink import messages, protocol
 from guetteur.uplink.audit import AuditTrail
 from guetteur.uplink.protocol import ErrorCode
 
 log = logging.getLogger(__name__)
 
 
-class CommandError(Exception):
+class CommandError(GuetteurError):
     """Raised by a handler to refuse a command with a machine code and a human sentence."""
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
 
 
 @dataclass(frozen=True)
@@ -111,7 +107,7 @@ class CommandDispatcher:
             request_id = str(rid) if rid is not None else None
             data.pop("v", None)
         except protocol.MessageError as exc:
-            return protocol.reply_error(None, ErrorCode.BAD_REQUEST, str(exc))
+            return messages.reply_error(None, ErrorCode.BAD_REQUEST, str(exc))
         operator = data.get("operator") if isinstance(data.get("operator"), str) else None
         ctx = CommandContext(
             verb=verb,
@@ -137,7 +133,7 @@ class CommandDispatcher:
         entry = self._verbs.get(ctx.verb)
         if entry is None:
             known = ", ".join(self.verbs) or "none"
-            return protocol.reply_error(
+            return messages.reply_error(
                 ctx.request_id,
                 ErrorCode.UNKNOWN_VERB,
                 f"unknown command {ctx.verb!r}; known: {known}",
@@ -145,11 +141,11 @@ class CommandDispatcher:
         try:
             model = entry.model.model_validate(data)
         except ValidationError as exc:
-            return protocol.reply_error(
+            return messages.reply_error(
                 ctx.request_id, ErrorCode.BAD_REQUEST, format_validation_error(exc)
             )
         if self._allowed is not None and ctx.client_id not in self._allowed:
-            return protocol.reply_error(
+            return messages.reply_error(
                 ctx.request_id,
                 ErrorCode.FORBIDDEN,
                 f"client {ctx.client_id!r} may not send commands",
@@ -160,18 +156,18 @@ class CommandDispatcher:
             )
             allowed = bucket.take()
         if not allowed:
-            return protocol.reply_error(
+            return messages.reply_error(
                 ctx.request_id,
                 ErrorCode.RATE_LIMITED,
                 f"too many {ctx.verb} commands from {ctx.client_id}; slow down",
             )
         try:
             fields = entry.handler(ctx, model)
-        except CommandError as exc:
-            return protocol.reply_error(ctx.request_id, exc.code, exc.message)
+        except GuetteurError as exc:  # CommandError, or a service's own coded error
+            return messages.reply_error(ctx.request_id, exc.code, exc.message)
         except Exception as exc:  # a bug must not cost the requester its reply
             log.exception("command %s failed", ctx.verb)
-            return protocol.reply_error(
+            return messages.reply_error(
                 ctx.request_id, ErrorCode.INTERNAL, f"internal error: {type(exc).__name__}: {exc}"
             )
-        return protocol.reply_ok(ctx.request_id, **fields)
+        return messages.reply_ok(ctx.request_id, **fields)

@@ -20,8 +20,7 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from guetteur.config import MqttConfig
-from guetteur.timeutil import iso_ms
-from guetteur.uplink import protocol
+from guetteur.uplink import messages, protocol
 from guetteur.uplink.commands import CommandDispatcher
 from guetteur.uplink.mqttutil import (
     configure_client,
@@ -74,7 +73,7 @@ class Link:
         configure_client(c, self.config, self._address)
         c.will_set(
             self.topics.status,
-            protocol.dumps({"state": "offline", "gateway": self.gateway_id, "reason": "link lost"}),
+            protocol.dumps(messages.gateway_offline(self.gateway_id, "link lost", stamped=False)),
             qos=1,
             retain=True,
         )
@@ -116,12 +115,7 @@ class Link:
             return
         self._started = False
         if self.connected:
-            body = {
-                "state": "offline",
-                "gateway": self.gateway_id,
-                "reason": "stopped",
-                "time": iso_ms(),
-            }
+            body = messages.gateway_offline(self.gateway_id, "stopped")
             body.update(status or {})
             info = self._client.publish(
                 self.topics.status, protocol.dumps(body), qos=1, retain=True
@@ -319,7 +313,7 @@ class Link:
         correlation: bytes | None,
     ) -> None:
         if self.dispatcher is None:
-            reply = protocol.reply_error(
+            reply = messages.reply_error(
                 None, protocol.ErrorCode.NOT_SUPPORTED, "this gateway takes no commands"
             )
         else:

@@ -1,7 +1,9 @@
-"""MQTT interface version 1: topic layout, message schemas and (de)serialisation.
+"""MQTT interface version 1: its vocabulary. Topic layout, ids, (de)serialisation, error codes,
+the PTZ actions and their domains, acknowledgements and clip item ids.
 
-Shared by the agent and the centre-side tools, so both sides agree by construction. See
-docs/mqtt-interface.md and docs/asyncapi.yaml for the contract in prose and schema form.
+Shared by the agent and the centre-side tools, so both sides agree by construction. The bodies
+the gateway publishes are built in ``uplink.messages``. See docs/mqtt-interface.md and
+docs/asyncapi.yaml for the contract in prose and schema form.
 """
 
 from __future__ import annotations
@@ -9,7 +11,7 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal, get_args
 
 VERSION = 1
 DEFAULT_ROOT = "guetteur/v1"
@@ -160,12 +162,41 @@ class ErrorCode:
     INTERNAL = "internal_error"
 
 
-def reply_ok(request_id: str | None, **fields: Any) -> dict[str, Any]:
-    return {"ok": True, "id": request_id, **fields}
+# -- cmd/ptz: the PTZ vocabulary (the agent's command model and arbiter, the centre tool) ----------
+
+PtzAction = Literal[
+    "move", "stop", "zoom", "goto_preset", "set_preset", "home", "absolute", "relative"
+]
+PTZ_ACTIONS: tuple[PtzAction, ...] = get_args(PtzAction)
+# Continuous moves run until stopped: the centre renews them within the camera's dead_man_s.
+PTZ_CONTINUOUS: frozenset[str] = frozenset({"move", "zoom"})
+PTZ_PRESET_ACTIONS: frozenset[str] = frozenset({"goto_preset", "set_preset"})
+PTZ_AXES = ("pan", "tilt", "zoom")
+PTZ_FIELDS = (*PTZ_AXES, "speed", "preset")  # the values an action may carry
+
+# The protocol's domains (a camera's config may narrow positions and speed further).
+PtzDomain = tuple[float, float]
+PTZ_SPEED: PtzDomain = (0.0, 1.0)  # scales moves; for presets and positioned moves, their speed
+PTZ_VELOCITY: PtzDomain = (-1.0, 1.0)  # move/zoom, every axis; positive = right/up/tele
+PTZ_ABSOLUTE: dict[str, PtzDomain] = {"pan": (-1.0, 1.0), "tilt": (-1.0, 1.0), "zoom": (0.0, 1.0)}
+PTZ_RELATIVE: dict[str, PtzDomain] = {"pan": (-2.0, 2.0), "tilt": (-2.0, 2.0), "zoom": (-1.0, 1.0)}
+PTZ_FIRST_PRESET = 1
 
 
-def reply_error(request_id: str | None, code: str, message: str) -> dict[str, Any]:
-    return {"ok": False, "id": request_id, "error": {"code": code, "message": message}}
+def _span(domain: PtzDomain) -> str:
+    return f"{domain[0]:g}..{domain[1]:g}"
+
+
+# One sentence per field, for the command model's schema and the centre tool's --help.
+PTZ_FIELD_HELP: dict[str, str] = {
+    axis: f"velocity {_span(PTZ_VELOCITY)} (move{'/zoom' if axis == 'zoom' else ''}), "
+    f"position {_span(PTZ_ABSOLUTE[axis])} (absolute), step {_span(PTZ_RELATIVE[axis])} (relative)"
+    for axis in PTZ_AXES
+} | {
+    "action": "|".join(PTZ_ACTIONS),
+    "speed": f"speed {_span(PTZ_SPEED)}",
+    "preset": f"preset number (from {PTZ_FIRST_PRESET})",
+}
 
 
 # -- end-to-end acknowledgements and clip upload (outbox ↔ centre receiver) ---------------------

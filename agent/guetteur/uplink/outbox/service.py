@@ -45,8 +45,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from guetteur.config import OutboxConfig
-from guetteur.timeutil import iso_ms
-from guetteur.uplink import protocol
+from guetteur.uplink import messages, protocol
 from guetteur.uplink.outbox import policy
 from guetteur.uplink.outbox.store import KIND_CLIP_CHUNK, OutboxStore, QueuedItem
 from guetteur.uplink.protocol import Topics
@@ -210,23 +209,15 @@ class Outbox:
             )
             return
         count = len(chunk_sha)
-        manifest = {
-            "id": protocol.clip_manifest_item_id(clip.clip_id),
-            "clip_id": clip.clip_id,
-            "gateway": self.gateway_id,
-            "camera": clip.camera,
-            "event_id": clip.event_id,
-            "request_id": clip.request_id,
-            "start": clip.start,
-            "end": clip.end,
-            "content_type": "video/mp4",
-            "size": size,
-            "sha256": sha,
-            "chunk_size": chunk_size,
-            "count": count,
-            "chunk_sha256": chunk_sha,
-            "time": iso_ms(),
-        }
+        manifest = messages.clip_manifest(
+            clip,
+            protocol.clip_manifest_item_id(clip.clip_id),
+            self.gateway_id,
+            size,
+            sha,
+            chunk_size,
+            chunk_sha,
+        )
         payload = protocol.dumps(manifest)
         with self._lock:
             queued = self._store.add_clip(clip, size, chunk_size, count, payload)
