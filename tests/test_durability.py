@@ -17,6 +17,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
+
 from guetteur.centre.receiver import Receiver
 from guetteur.dev.broker import PrivateBroker
 from tests.fixtures.broker import MosquittoBroker
@@ -160,6 +162,7 @@ def run_chaos(
     return {"events": len(ids), "clips": len(clips), "snapshots": len(snaps), **last}
 
 
+@pytest.mark.slow
 def test_every_event_once_in_order_through_broker_agent_and_receiver_failures(
     broker: MosquittoBroker, tmp_path: Path
 ) -> None:

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import av
+import pytest
 import yaml
 
 from guetteur.centre.client import CentreClient
@@ -52,6 +53,7 @@ def clip_seconds(path: Path) -> tuple[float, int]:
     return (max(frames) - min(frames), len(frames))
 
 
+@pytest.mark.slow
 def test_event_snapshot_clip_and_export_reach_the_centre_receiver(
     broker: MosquittoBroker, tmp_path: Path
 ) -> None:
@@ -129,6 +131,7 @@ def test_event_snapshot_clip_and_export_reach_the_centre_receiver(
     assert clip_seconds(export_path)[0] >= 2.0
 
 
+@pytest.mark.slow
 def test_run_stops_cleanly_on_sigterm(broker: MosquittoBroker, tmp_path: Path) -> None:
     cfg = tmp_path / "guetteur.yaml"
     cfg.write_text(
@@ -246,6 +249,7 @@ def test_malformed_commands_get_codes_and_the_gateway_carries_on(
         gateway.stop()
 
 
+@pytest.mark.slow
 def test_live_sub_stream_is_the_cameras_sub_stream(
     broker: MosquittoBroker, rtsp_server: Any, media: Any, tmp_path: Path
 ) -> None:

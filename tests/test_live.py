@@ -365,6 +365,7 @@ class TopicRecorder:
 # ----------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_rtsp_camera_instant_start_lease_expiry_and_limits(
     broker: MosquittoBroker,
     rtsp_server: RtspServerFactory,
@@ -440,6 +441,7 @@ def test_rtsp_camera_instant_start_lease_expiry_and_limits(
 # ----------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_bad_input_gets_codes_and_changes_nothing(
     broker: MosquittoBroker, media: MediaFactory, gateway: Callable[..., Gateway]
 ) -> None:
@@ -520,6 +522,7 @@ def test_camera_silent_too_long_is_down_and_bandwidth_cap(media: MediaFactory) -
     assert down.value.code == "camera_down" and "no packet for" in down.value.message
 
 
+@pytest.mark.slow
 def test_centre_live_cli_writes_playable_file_and_stops_on_sigterm(
     broker: MosquittoBroker, media: MediaFactory, gateway: Callable[..., Gateway], tmp_path: Path
 ) -> None:
@@ -582,6 +585,7 @@ def feed(hub: LiveHub, packets: list[EncodedPacket], stop: threading.Event, loop
             return
 
 
+@pytest.mark.slow
 def test_format_change_sends_new_init_and_sub_stream_is_served(
     broker: MosquittoBroker, media: MediaFactory, gateway: Callable[..., Gateway]
 ) -> None:

@@ -106,6 +106,7 @@ def test_positioned_moves_presets_and_home(rig: Rig) -> None:
     assert rig.publisher.audit()[-1]["outcome"] == ErrorCode.NOT_FOUND
 
 
+@pytest.mark.slow
 def test_continuous_move_stop_and_dead_man(rig: Rig) -> None:
     assert rig.cmd(action="absolute", pan=0.0, tilt=0.0, zoom=0.0)["ok"]
     assert rig.cmd(action="move", pan=0.5)["ok"]

@@ -76,6 +76,7 @@ def rig(pty_pair: PtyPair, request: pytest.FixtureRequest) -> Iterator[Rig]:
     device.close()
 
 
+@pytest.mark.slow
 def test_dead_man_stop_reaches_the_camera_within_1_5_s(rig: Rig) -> None:
     reply = rig.cmd(camera="dome", action="move", pan=1.0, operator="alice")
     assert reply["ok"], reply
@@ -93,6 +94,7 @@ def test_dead_man_stop_reaches_the_camera_within_1_5_s(rig: Rig) -> None:
     assert records[1]["reason"] == "dead-man" and records[1]["operator"] == "alice"
 
 
+@pytest.mark.slow
 def test_renewed_move_keeps_going(rig: Rig) -> None:
     for _ in range(6):  # 6 renewals 0.4 s apart: 2.4 s of movement, longer than the dead-man
         assert rig.cmd(camera="dome", action="move", tilt=0.5, operator="alice")["ok"]
@@ -181,6 +183,7 @@ def test_clamped_speed_is_reported(pty_pair: PtyPair) -> None:
     assert publisher.audit()[-1]["reason"] == "shutdown"
 
 
+@pytest.mark.slow
 def test_silent_cameras_fail_within_the_timeout() -> None:
     # an ONVIF camera that accepts the connection and never answers, and one with nothing
     # listening, and a VISCA camera on a missing serial port
