@@ -12,7 +12,6 @@ import sqlite3
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -27,16 +26,7 @@ from guetteur.runtime.gateway import Gateway
 from guetteur.timeutil import iso_ms, parse_iso
 from guetteur.uplink import protocol
 from tests.fixtures.broker import MosquittoBroker
-
-
-def wait_for(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+from tests.fixtures.waiting import wait_for
 
 
 def query(db: Path, sql: str, *args: object) -> list[tuple[Any, ...]]:
