@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup system venv demo test lint typecheck check clean
+.PHONY: setup system venv demo test test-fast lint typecheck check clean
 
 setup: system venv
 
@@ -30,8 +30,13 @@ lint: venv
 typecheck: venv
 	$(BIN)/mypy
 
+# Everything: lint, types and every test (several minutes).
 test: setup lint typecheck
 	$(BIN)/pytest -q
+
+# Lint, types and the tests not marked slow: under a minute, for the edit-test loop.
+test-fast: setup lint typecheck
+	$(BIN)/pytest -q -m "not slow"
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -258,6 +258,7 @@ def test_export_cli(ring: tuple[Path, float], tmp_path: Path) -> None:
     assert not (tmp_path / "x.mp4").exists() and not (tmp_path / "y.mp4").exists()
 
 
+@pytest.mark.slow
 def test_event_clipper_waits_for_the_post_roll_then_delivers(
     source: Path, source_frames: list[str], tmp_path: Path
 ) -> None:

@@ -12,20 +12,7 @@ from guetteur.record.clips import ClipError
 from guetteur.uplink import messages, protocol
 from guetteur.uplink.audit import AuditTrail
 from guetteur.uplink.commands import CommandContext, CommandDispatcher, CommandError
-from guetteur.uplink.publish import ClipFile, OutboundItem
-
-
-class Collect:
-    """A real Publisher that keeps what it is given (the pipeline's contract, no network)."""
-
-    def __init__(self) -> None:
-        self.items: list[OutboundItem] = []
-
-    def submit(self, item: OutboundItem) -> None:
-        self.items.append(item)
-
-    def submit_clip(self, clip: ClipFile) -> None:
-        raise AssertionError("no clips here")
+from tests.fixtures.publisher import CollectingPublisher
 
 
 class Move(BaseModel):
@@ -43,8 +30,8 @@ def handler(ctx: CommandContext, req: Move) -> dict[str, Any]:
     return {"camera": req.camera, "speed": req.speed, "by": ctx.client_id}
 
 
-def make() -> tuple[CommandDispatcher, Collect]:
-    sink = Collect()
+def make() -> tuple[CommandDispatcher, CollectingPublisher]:
+    sink = CollectingPublisher()
     d = CommandDispatcher(AuditTrail(sink, "gw1"), rate_per_s=1.0, burst=3)
     d.register("move", Move, handler)
     return d, sink

@@ -140,6 +140,7 @@ def _check(path: Path) -> subprocess.CompletedProcess[str]:
     )
 
 
+@pytest.mark.slow
 def test_config_check_cli_exit_codes(tmp_path: Path) -> None:
     good = tmp_path / "good.yaml"
     good.write_text(yaml.safe_dump(GOOD))
@@ -164,7 +165,7 @@ def test_config_check_cli_exit_codes(tmp_path: Path) -> None:
 
 
 def test_config_reference_lists_every_key() -> None:
-    from guetteur.configdoc import config_reference
+    from guetteur.config.reference import config_reference
 
     text = config_reference()
     for key in (
@@ -181,7 +182,7 @@ def test_config_reference_lists_every_key() -> None:
 
 
 def test_committed_config_reference_is_current() -> None:
-    from guetteur.configdoc import config_reference
+    from guetteur.config.reference import config_reference
 
     committed = Path(__file__).resolve().parents[1] / "docs" / "config-reference.md"
     assert committed.read_text() == config_reference(), (

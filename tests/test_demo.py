@@ -6,7 +6,10 @@ import os
 import subprocess
 import sys
 
+import pytest
 
+
+@pytest.mark.slow
 def test_demo_prints_events_received_from_a_real_broker() -> None:
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     result = subprocess.run(

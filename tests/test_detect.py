@@ -1,7 +1,7 @@
 """Object detection (guetteur.analytics.detection), the model manifests and scripts/fetch-models.
 
-Real models from ../shared/models, real footage from ../shared/media, generated clips encoded and
-decoded with PyAV. Motion boxes for real footage come from a plain two-frame difference here, so
+The committed test model in two export styles and real street footage (tests/data, served by
+tests/fixtures/models.py), generated clips encoded and decoded with PyAV. Motion boxes for real footage come from a plain two-frame difference here, so
 these tests check the detector and not the (separately tested) background-subtraction detector.
 """
 
@@ -40,26 +40,23 @@ from guetteur.analytics.detection.runtime import (
 from guetteur.analytics.detection.worker import DetectorWorker
 from guetteur.config import DetectFilter, DetectionConfig, EventsConfig
 from guetteur.media.types import AnalyticFrame, Box
+from tests.fixtures.models import STREET_CLIP, STREET_CLIP_FPS, DetectionModels, TestModel
 
 REPO = Path(__file__).resolve().parents[1]
-MODELS = ("coco-ssd-mobilenet-v2-fpnlite-320", "coco-ssd-mobilenet-v1-quant-300")
+MANIFESTS = ("coco-ssd-mobilenet-v2-fpnlite-320", "coco-ssd-mobilenet-v1-quant-300")  # models/
+STYLES = DetectionModels.styles  # "tf2-export", "tflite-postprocess"
 FETCH = REPO / "scripts" / "fetch-models"
-CLIP = "media/street-montage-bikes-640x272.mp4"
-CLIP_FPS = 25
+CLIP_FPS = STREET_CLIP_FPS
 
 
 # -- helpers ----------------------------------------------------------------------------------
 
 
-def shared_model(shared_dir: Path, name: str) -> Path:
-    return shared_dir / "models" / name / "model.tflite"
-
-
-def config_for(shared_dir: Path, name: str, **kw: object) -> DetectionConfig:
-    """The repo's manifest, with the model file taken from ../shared (not fetched in tests)."""
+def config_for(model: TestModel, **kw: object) -> DetectionConfig:
+    """The test model's manifest, with its model file named explicitly (not fetched in tests)."""
     return DetectionConfig(
-        manifest=str(REPO / "models" / f"{name}.yaml"),
-        model=str(shared_model(shared_dir, name)),
+        manifest=str(model.manifest),
+        model=str(model.model),
         **kw,  # type: ignore[arg-type]
     )
 
@@ -109,23 +106,25 @@ def decode_clip(path: Path) -> list[np.ndarray]:
 
 
 @pytest.fixture(scope="module")
-def bikes(shared_dir: Path) -> list[np.ndarray]:
-    return decode_clip(shared_dir / CLIP)
+def bikes() -> list[np.ndarray]:
+    return decode_clip(STREET_CLIP)
 
 
 @pytest.fixture(scope="module")
-def detectors(shared_dir: Path) -> dict[str, Detector]:
+def detectors(detection_models: DetectionModels) -> dict[str, Detector]:
+    """One detector per export style, loaded through its manifest."""
     out = {}
-    for name in MODELS:
-        det = load_detector(config_for(shared_dir, name))
+    for style in STYLES:
+        det = load_detector(config_for(detection_models[style]))
         assert det is not None
-        out[name] = det
+        out[style] = det
     return out
 
 
 @pytest.fixture(scope="module")
-def fpnlite(detectors: dict[str, Detector]) -> Detector:
-    return detectors[MODELS[0]]
+def detector(detectors: dict[str, Detector]) -> Detector:
+    """The committed model as published (TF1-style export, uint8 input)."""
+    return detectors["tflite-postprocess"]
 
 
 # -- where to look ----------------------------------------------------------------------------
@@ -240,18 +239,23 @@ def test_classes_told_from_scores_by_value() -> None:
 # -- manifests ---------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", MODELS)
-def test_repo_manifests_describe_the_shared_models(shared_dir: Path, name: str) -> None:
+@pytest.mark.parametrize("name", MANIFESTS)
+def test_repo_manifests_describe_their_models(name: str) -> None:
     m = load_manifest(REPO / "models" / f"{name}.yaml")
     assert m.name == name and m.url and m.url.startswith("https://") and m.licence
     assert m.labels_path is not None
     labels = read_labels(m.labels_path)
     assert m.num_classes is not None and len(labels) == m.num_classes + m.label_offset
-    # Same labels, same positions as the model's own labels file.
-    assert labels == read_labels(shared_dir / "models" / name / "labels.txt")
     assert labels[m.label_offset] == "person" and labels[2 + m.label_offset] == "car"
-    model = shared_model(shared_dir, name)
-    assert m.size == model.stat().st_size
+
+
+def test_repo_manifest_describes_the_committed_model(detection_models: DetectionModels) -> None:
+    quant = detection_models["tflite-postprocess"]
+    m = load_manifest(quant.manifest)
+    assert m.labels_path is not None
+    # Same labels, same positions as the model's own labels file.
+    assert read_labels(m.labels_path) == read_labels(quant.labels)
+    assert m.size == quant.model.stat().st_size and m.sha256 == quant.sha256
 
 
 def test_bad_manifests_say_which_key(tmp_path: Path) -> None:
@@ -280,26 +284,25 @@ def test_no_model_is_motion_only_said_once(caplog: pytest.LogCaptureFixture) -> 
     assert len(lines) == 1 and "motion-only" in lines[0]
 
 
-@pytest.mark.parametrize("name", MODELS)
-def test_loads_without_manifest_by_shape_and_convention(shared_dir: Path, name: str) -> None:
+@pytest.mark.parametrize("style", STYLES)
+def test_loads_without_manifest_by_shape_and_convention(
+    detection_models: DetectionModels, style: str
+) -> None:
     """No manifest: outputs found by name or shape (classes vs scores by value), label offset
     from the labels file; gives the same detections as with the manifest."""
-    bare = load_detector(
-        DetectionConfig(
-            model=str(shared_model(shared_dir, name)),
-            labels=str(shared_dir / "models" / name / "labels.txt"),
-        )
-    )
+    model = detection_models[style]
+    bare = load_detector(DetectionConfig(model=str(model.model), labels=str(model.labels)))
     assert bare is not None
-    with_manifest = load_detector(config_for(shared_dir, name))
+    with_manifest = load_detector(config_for(model))
     assert with_manifest is not None
-    img = decode_clip(shared_dir / CLIP)[50]  # cars at 2 s
+    img = decode_clip(STREET_CLIP)[50]  # cars at 2 s
     a, b = bare.detect(img, None), with_manifest.detect(img, None)
     assert a == b and any(d.label == "car" for d in a)
 
 
-def _manifest_copy(tmp_path: Path, name: str, **changes: object) -> Path:
-    src = REPO / "models" / f"{name}.yaml"
+def _manifest_copy(tmp_path: Path, src: Path, **changes: object) -> Path:
+    """A copy of manifest ``src`` (with its labels file) in tmp_path, ``changes`` applied by
+    dotted key (None removes the key)."""
     raw = yaml.safe_load(src.read_text())
     for key, value in changes.items():
         node = raw
@@ -310,15 +313,16 @@ def _manifest_copy(tmp_path: Path, name: str, **changes: object) -> Path:
             node.pop(leaf, None)
         else:
             node[leaf] = value
-    shutil.copy(REPO / "models" / raw["labels"], tmp_path / raw["labels"])
-    path = tmp_path / f"{name}.yaml"
+    shutil.copy(src.parent / raw["labels"], tmp_path / raw["labels"])
+    path = tmp_path / src.name
     path.write_text(yaml.safe_dump(raw))
     return path
 
 
-def test_model_errors_are_sentences(shared_dir: Path, tmp_path: Path) -> None:
-    fpn, quant = MODELS
-    good = shared_model(shared_dir, fpn)
+def test_model_errors_are_sentences(detection_models: DetectionModels, tmp_path: Path) -> None:
+    fpn = MANIFESTS[0]
+    tf2, quant = detection_models["tf2-export"], detection_models["tflite-postprocess"]
+    good = tf2.model  # the float model
 
     def error(**kw: object) -> DetectorError:
         with pytest.raises(DetectorError) as err:
@@ -340,18 +344,18 @@ def test_model_errors_are_sentences(shared_dir: Path, tmp_path: Path) -> None:
         assert f"model file {bad} is not a valid TFLite model" in e.message
 
     # The manifest of the quantised model with the float model: sha256 catches it first...
-    e = error(manifest=str(REPO / "models" / f"{quant}.yaml"), model=str(good))
+    e = error(manifest=str(quant.manifest), model=str(good))
     assert e.code == "sha256_mismatch"
-    assert "a77e10a0" in e.message and "e4b118e5" in e.message and "fetch" in e.message
+    assert tf2.sha256[:8] in e.message and "e4b118e5" in e.message and "fetch" in e.message
     # ...and without a sha256 the input shape does.
-    no_sha = _manifest_copy(tmp_path, quant, **{"source.sha256": None})
+    no_sha = _manifest_copy(tmp_path, quant.manifest, **{"source.sha256": None})
     e = error(manifest=str(no_sha), model=str(good))
     assert e.code == "model_mismatch"
     assert "manifest says input 300x300 uint8, the model takes 320x320 float32" in e.message
     # Output names of the other export.
     wrong_outputs = _manifest_copy(
         tmp_path,
-        fpn,
+        tf2.manifest,
         outputs={
             "boxes": "TFLite_Detection_PostProcess",
             "classes": "TFLite_Detection_PostProcess:1",
@@ -364,19 +368,21 @@ def test_model_errors_are_sentences(shared_dir: Path, tmp_path: Path) -> None:
 
     short = tmp_path / "short.txt"
     short.write_text("\n".join(read_labels(Path(labels))[:-1]) + "\n")
-    e = error(manifest=str(REPO / "models" / f"{fpn}.yaml"), model=str(good), labels=str(short))
+    e = error(manifest=str(tf2.manifest), model=str(good), labels=str(short))
     assert e.code == "labels_mismatch"
     assert f"labels file {short} has 89 lines" in e.message and "expects 90" in e.message
 
 
-def test_missing_runtime_names_the_extra(shared_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_missing_runtime_names_the_extra(
+    detection_models: DetectionModels, monkeypatch: pytest.MonkeyPatch
+) -> None:
     # A None entry in sys.modules makes `import` raise ImportError: as if not installed.
     monkeypatch.setitem(sys.modules, "ai_edge_litert", None)
     monkeypatch.setitem(sys.modules, "ai_edge_litert.interpreter", None)
     monkeypatch.setitem(sys.modules, "tflite_runtime", None)
     monkeypatch.setitem(sys.modules, "tflite_runtime.interpreter", None)
     with pytest.raises(DetectorError, match="install the 'detect' extra") as err:
-        load_detector(config_for(shared_dir, MODELS[0]))
+        load_detector(config_for(detection_models["tf2-export"]))
     assert err.value.code == "runtime_missing"
 
 
@@ -395,11 +401,12 @@ def _hits(det: Detector, frames: list[np.ndarray], start_s: float, end_s: float,
     return out
 
 
-@pytest.mark.parametrize("name", MODELS)
+@pytest.mark.slow
+@pytest.mark.parametrize("style", STYLES)
 def test_street_clip_person_near_8s_and_cars_near_2s(
-    detectors: dict[str, Detector], bikes: list[np.ndarray], name: str
+    detectors: dict[str, Detector], bikes: list[np.ndarray], style: str
 ) -> None:
-    det = detectors[name]
+    det = detectors[style]
     people = _hits(det, bikes, 7.5, 8.4, "person")
     frames_with_person = {t for t, _ in people}
     assert len(frames_with_person) >= 3, people
@@ -409,7 +416,8 @@ def test_street_clip_person_near_8s_and_cars_near_2s(
     assert len({t for t, _ in cars}) >= 4, cars
 
 
-def test_crops_map_back_to_the_frame(fpnlite: Detector, bikes: list[np.ndarray]) -> None:
+@pytest.mark.slow
+def test_crops_map_back_to_the_frame(detector: Detector, bikes: list[np.ndarray]) -> None:
     """The street shot pasted into a 1920x1080 frame, motion boxes moved with it: the crops
     around the motion find the walker where the 640x272 shot alone shows it, at the same place."""
     x0, y0 = 1100, 600
@@ -425,8 +433,8 @@ def test_crops_map_back_to_the_frame(fpnlite: Detector, bikes: list[np.ndarray])
         ]
         regions = plan_regions(1920, 1080, motion, 320)
         assert regions and regions != [Region(0, 0, 1920, 1080)]  # crops, not the whole frame
-        in_crop = [d for d in fpnlite.detect(scene, motion) if d.label == "person"]
-        in_shot = [d for d in fpnlite.detect(bikes[i], None) if d.label == "person"]
+        in_crop = [d for d in detector.detect(scene, motion) if d.label == "person"]
+        in_shot = [d for d in detector.detect(bikes[i], None) if d.label == "person"]
         best_crop = max(in_crop, key=lambda d: d.score, default=None)
         best_shot = max(in_shot, key=lambda d: d.score, default=None)
         if best_crop is None or best_crop.score < 0.5:
@@ -441,10 +449,10 @@ def test_crops_map_back_to_the_frame(fpnlite: Detector, bikes: list[np.ndarray])
     assert found >= 5
 
 
-def test_no_motion_no_inference(fpnlite: Detector, bikes: list[np.ndarray]) -> None:
-    before = fpnlite.inferences
-    assert fpnlite.detect(bikes[0], []) == []
-    assert fpnlite.inferences == before
+def test_no_motion_no_inference(detector: Detector, bikes: list[np.ndarray]) -> None:
+    before = detector.inferences
+    assert detector.detect(bikes[0], []) == []
+    assert detector.inferences == before
 
 
 def _lighting_frames(n: int, fps: int) -> Iterator[np.ndarray]:
@@ -458,6 +466,7 @@ def _lighting_frames(n: int, fps: int) -> Iterator[np.ndarray]:
         yield sc.render(i)
 
 
+@pytest.mark.slow
 def test_lighting_change_only_gives_no_detection(
     detectors: dict[str, Detector], tmp_path: Path
 ) -> None:
@@ -502,22 +511,23 @@ def _events(det: Detector, frames: list[np.ndarray], fps: float, require: list[s
     return out
 
 
+@pytest.mark.slow
 def test_camera_requiring_person_raises_on_person_not_on_other_motion(
-    fpnlite: Detector, bikes: list[np.ndarray]
+    detector: Detector, bikes: list[np.ndarray]
 ) -> None:
     from guetteur.dev.synthetic import scenario
 
     walker = bikes[round(7.56 * CLIP_FPS) : round(8.4 * CLIP_FPS)]
-    events = _events(fpnlite, walker, CLIP_FPS, ["person"], step=2)
+    events = _events(detector, walker, CLIP_FPS, ["person"], step=2)
     starts = [labels for kind, labels in events if kind == "start"]
     assert len(starts) == 1 and starts[0].get("person", 0) >= 0.5, events
 
     # A car-sized shape crossing a street scene: motion, but no person.
     sc = scenario("car", width=640, height=360, fps=10, duration=7.0, start=3.0, end=5.0)
     crossing = [sc.render(i) for i in range(20, 60)]
-    assert _events(fpnlite, crossing, 10, ["person"], step=1) == []
+    assert _events(detector, crossing, 10, ["person"], step=1) == []
     # Control: the same frames do raise an event on a camera that requires nothing.
-    assert next(k for k, _ in _events(fpnlite, crossing, 10, [], step=1)) == "start"
+    assert next(k for k, _ in _events(detector, crossing, 10, [], step=1)) == "start"
 
 
 # -- running beside ingest ----------------------------------------------------------------------
@@ -527,8 +537,8 @@ def _frame(camera: str, img: np.ndarray, t: float) -> AnalyticFrame:
     return AnalyticFrame(camera, img, pts_s=t, wallclock=1.8e9 + t)
 
 
-def test_worker_never_blocks_and_counts_skips(fpnlite: Detector, bikes: list[np.ndarray]) -> None:
-    worker = DetectorWorker(fpnlite, max_queue=2)
+def test_worker_never_blocks_and_counts_skips(detector: Detector, bikes: list[np.ndarray]) -> None:
+    worker = DetectorWorker(detector, max_queue=2)
     results: dict[str, list[float]] = {"a": [], "b": []}
     lock = threading.Lock()
 
@@ -537,7 +547,7 @@ def test_worker_never_blocks_and_counts_skips(fpnlite: Detector, bikes: list[np.
             results[frame.camera].append(frame.pts_s)
 
     img = bikes[round(2.0 * CLIP_FPS)]
-    runs, spent = fpnlite.inferences, fpnlite.inference_s
+    runs, spent = detector.inferences, detector.inference_s
     try:
         slowest = 0.0
         for i in range(20):  # 20 whole-frame jobs for camera a at once: ~1 s of inference
@@ -546,7 +556,7 @@ def test_worker_never_blocks_and_counts_skips(fpnlite: Detector, bikes: list[np.
             slowest = max(slowest, time.perf_counter() - t0)
         worker.submit("b", _frame("b", img, 0.0), None, done)
         assert worker.idle(timeout=30)
-        one_inference = (fpnlite.inference_s - spent) / (fpnlite.inferences - runs)
+        one_inference = (detector.inference_s - spent) / (detector.inferences - runs)
         assert slowest < one_inference / 2  # submit never waited for an inference
         a, b = worker.stats("a"), worker.stats("b")
         assert a["submitted"] == 20 and a["analysed"] + a["skipped"] == 20
@@ -559,8 +569,8 @@ def test_worker_never_blocks_and_counts_skips(fpnlite: Detector, bikes: list[np.
         worker.close()
 
 
-def test_worker_survives_a_failing_callback_and_a_bad_frame(fpnlite: Detector) -> None:
-    worker = DetectorWorker(fpnlite, max_queue=4)
+def test_worker_survives_a_failing_callback_and_a_bad_frame(detector: Detector) -> None:
+    worker = DetectorWorker(detector, max_queue=4)
     seen: list[int] = []
 
     def boom(frame: AnalyticFrame, dets: list[Detection]) -> None:
@@ -591,15 +601,19 @@ def _fetch(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def test_fetch_models_verifies_and_installs(shared_dir: Path, tmp_path: Path) -> None:
-    name = MODELS[0]
-    src = shared_model(shared_dir, name)
-    manifest = _manifest_copy(tmp_path, name, **{"source.url": src.as_uri()})
+def test_fetch_models_verifies_and_installs(
+    detection_models: DetectionModels, tmp_path: Path
+) -> None:
+    name = MANIFESTS[1]
+    src = detection_models["tflite-postprocess"].model
+    manifest = _manifest_copy(
+        tmp_path, REPO / "models" / f"{name}.yaml", **{"source.url": src.as_uri()}
+    )
     dest = tmp_path / "opt-models"
 
     r = _fetch("--dest", str(dest), str(manifest))
     assert r.returncode == 0, r.stderr
-    assert "sha256 verified" in r.stdout and "fetched (3633424 bytes)" in r.stdout
+    assert "sha256 verified" in r.stdout and "fetched (4183312 bytes)" in r.stdout
     installed = load_manifest(dest / manifest.name)
     assert installed.model_path.read_bytes() == src.read_bytes()
     # The installed directory is complete: the agent loads the model from it as configured.
@@ -609,16 +623,19 @@ def test_fetch_models_verifies_and_installs(shared_dir: Path, tmp_path: Path) ->
     assert again.returncode == 0 and "already present" in again.stdout
 
     # A plain path works as a source (mirror / offline build).
-    local = _manifest_copy(tmp_path, name, **{"source.url": str(src)})
+    local = _manifest_copy(tmp_path, REPO / "models" / f"{name}.yaml", **{"source.url": str(src)})
     r = _fetch(str(local))
     assert r.returncode == 0, r.stderr
     assert (tmp_path / f"{name}.tflite").stat().st_size == src.stat().st_size
 
 
-def test_fetch_models_refuses_bad_sha_and_keeps_nothing(shared_dir: Path, tmp_path: Path) -> None:
-    name = MODELS[0]
-    other = shared_model(shared_dir, MODELS[1])  # not the model this manifest describes
-    manifest = _manifest_copy(tmp_path, name, **{"source.url": other.as_uri(), "source.size": None})
+def test_fetch_models_refuses_bad_sha_and_keeps_nothing(
+    detection_models: DetectionModels, tmp_path: Path
+) -> None:
+    name = MANIFESTS[0]
+    src = REPO / "models" / f"{name}.yaml"
+    other = detection_models["tflite-postprocess"].model  # not the model this manifest describes
+    manifest = _manifest_copy(tmp_path, src, **{"source.url": other.as_uri(), "source.size": None})
     r = _fetch(str(manifest))
     assert r.returncode == 1
     assert "has sha256 e4b118e5" in r.stderr and "expects a77e10a0" in r.stderr
@@ -626,11 +643,11 @@ def test_fetch_models_refuses_bad_sha_and_keeps_nothing(shared_dir: Path, tmp_pa
     assert not (tmp_path / f"{name}.tflite").exists()
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
 
-    sized = _manifest_copy(tmp_path, name, **{"source.url": other.as_uri()})
+    sized = _manifest_copy(tmp_path, src, **{"source.url": other.as_uri()})
     r = _fetch(str(sized))
     assert r.returncode == 1 and "larger than the 3633424 bytes the manifest gives" in r.stderr
 
-    missing = _manifest_copy(tmp_path, name, **{"source.url": (tmp_path / "x.tflite").as_uri()})
+    missing = _manifest_copy(tmp_path, src, **{"source.url": (tmp_path / "x.tflite").as_uri()})
     r = _fetch(str(missing))
     assert r.returncode == 1 and "cannot download" in r.stderr
 
@@ -640,12 +657,13 @@ def test_fetch_models_refuses_bad_sha_and_keeps_nothing(shared_dir: Path, tmp_pa
     assert r.returncode == 2 and "source.url" in r.stderr
 
 
-def test_fetch_then_corrupt_then_start_refuses(shared_dir: Path, tmp_path: Path) -> None:
+def test_fetch_then_corrupt_then_start_refuses(
+    detection_models: DetectionModels, tmp_path: Path
+) -> None:
     """A model damaged on disk after install (SD card) is refused at start by its sha256."""
-    name = MODELS[1]
-    manifest = _manifest_copy(
-        tmp_path, name, **{"source.url": shared_model(shared_dir, name).as_uri()}
-    )
+    quant = detection_models["tflite-postprocess"]
+    name = quant.name
+    manifest = _manifest_copy(tmp_path, quant.manifest, **{"source.url": quant.model.as_uri()})
     assert _fetch(str(manifest)).returncode == 0
     model = tmp_path / f"{name}.tflite"
     data = bytearray(model.read_bytes())
@@ -670,16 +688,16 @@ def _cli(*argv: str) -> int:
 
 
 def test_detect_command_on_an_image_and_on_a_bad_model(
-    shared_dir: Path, bikes: list[np.ndarray], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    detection_models: DetectionModels,
+    bikes: list[np.ndarray],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
-    name = MODELS[1]
+    quant = detection_models["tflite-postprocess"]
     image = tmp_path / "cars.png"
     cv2.imwrite(str(image), bikes[round(2.0 * CLIP_FPS)])
-    manifest = str(REPO / "models" / f"{name}.yaml")
-    assert (
-        _cli(str(image), "--manifest", manifest, "--model", str(shared_model(shared_dir, name)))
-        == 0
-    )
+    manifest = str(quant.manifest)
+    assert _cli(str(image), "--manifest", manifest, "--model", str(quant.model)) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines and all(line.split()[0] in DetectFilter().labels for line in lines)
     assert any(line.startswith("car ") for line in lines)
@@ -688,9 +706,10 @@ def test_detect_command_on_an_image_and_on_a_bad_model(
     assert "detect: sha256_mismatch: model file" in capsys.readouterr().err
 
 
-def test_doctor_check_sentences(shared_dir: Path) -> None:
+def test_doctor_check_sentences(detection_models: DetectionModels) -> None:
     from guetteur.analytics.detection.cli import check_detection
 
     assert "motion-only" in check_detection(DetectionConfig())
-    ok = check_detection(config_for(shared_dir, MODELS[0]))
-    assert ok.startswith("object detector coco-ssd-mobilenet-v2-fpnlite-320") and " ms " in ok
+    tf2 = detection_models["tf2-export"]
+    ok = check_detection(config_for(tf2))
+    assert ok.startswith(f"object detector {tf2.name}") and " ms " in ok

@@ -1,6 +1,6 @@
 """The analysis pipeline on real footage nobody tuned to: motion -> detector on motion -> events.
 
-The street montage of ../shared (handheld, with shot cuts; a detector run on whole frames finds
+The street montage of tests/data (handheld, with shot cuts; a detector run on whole frames finds
 cars near 2 s and 6 s, a bicycle near 5 s and a person near 8 s) is decoded like a camera source
 does (every frame decoded, the frames due at 5 fps scaled to 320 px wide), and each analysed
 frame goes through what the gateway does with it: MotionDetector with default settings, the
@@ -25,10 +25,8 @@ from guetteur.analytics.motion import MotionDetector
 from guetteur.config import DetectFilter, DetectionConfig, EventsConfig
 from guetteur.media.types import AnalyticFrame
 from guetteur.sources.decode import DecodePlan, FrameSampler, analytic_size, frame_to_bgr
+from tests.fixtures.models import STREET_CLIP, DetectionModels
 
-REPO = Path(__file__).resolve().parents[1]
-CLIP = "media/street-montage-bikes-640x272.mp4"
-MODELS = ("coco-ssd-mobilenet-v2-fpnlite-320", "coco-ssd-mobilenet-v1-quant-300")
 FPS, WIDTH = 5.0, 320  # the analytic defaults of a camera
 
 
@@ -84,8 +82,8 @@ def run_pipeline(frames: list[tuple[float, np.ndarray]], detector: Detector) -> 
 
 
 @pytest.fixture(scope="module")
-def street(shared_dir: Path) -> list[tuple[float, np.ndarray]]:
-    return list(analytic_frames(shared_dir / CLIP))
+def street() -> list[tuple[float, np.ndarray]]:
+    return list(analytic_frames(STREET_CLIP))
 
 
 def labelled_in_events(run: PipelineRun, label: str, start_s: float, end_s: float) -> list[float]:
@@ -100,16 +98,13 @@ def labelled_in_events(run: PipelineRun, label: str, start_s: float, end_s: floa
     ]
 
 
-@pytest.mark.parametrize("name", MODELS)
+@pytest.mark.slow
+@pytest.mark.parametrize("style", DetectionModels.styles)
 def test_street_montage_events_carry_the_car_and_the_person(
-    shared_dir: Path, street: list[tuple[float, np.ndarray]], name: str
+    detection_models: DetectionModels, street: list[tuple[float, np.ndarray]], style: str
 ) -> None:
-    detector = load_detector(
-        DetectionConfig(
-            manifest=str(REPO / "models" / f"{name}.yaml"),
-            model=str(shared_dir / "models" / name / "model.tflite"),
-        )
-    )
+    model = detection_models[style]
+    detector = load_detector(DetectionConfig(manifest=str(model.manifest), model=str(model.model)))
     assert detector is not None
     assert 45 <= len(street) <= 55  # 10 s at 5 fps
     assert street[0][1].shape[1] == WIDTH

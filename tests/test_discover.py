@@ -76,6 +76,7 @@ def responder(onvif_camera: OnvifCamera) -> Iterator[LoopbackResponder]:
     r.close()
 
 
+@pytest.mark.slow
 def test_probe_and_describe_real_onvif_camera(
     responder: LoopbackResponder, onvif_camera: OnvifCamera
 ) -> None:
@@ -112,6 +113,7 @@ def test_wrong_password_is_reported_per_camera(responder: LoopbackResponder) -> 
     assert "refused" in found[0].error
 
 
+@pytest.mark.slow
 def test_cli_json_and_nothing_found(
     responder: LoopbackResponder,
     onvif_camera: OnvifCamera,

@@ -136,6 +136,7 @@ def run_doctor(config: Path, *extra: str) -> int:
     return doctor.run(args)
 
 
+@pytest.mark.slow
 def test_doctor_passes_then_reports_unreachable_camera(
     rtsp_server: RtspServerFactory,
     tls_broker_factory: Callable[..., tuple[MosquittoBroker, int, Path]],

@@ -14,12 +14,14 @@ import sqlite3
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
+
+import pytest
 
 from guetteur.centre.receiver.mqtt import Receiver
 from guetteur.dev.broker import PrivateBroker
 from tests.fixtures.broker import MosquittoBroker
+from tests.fixtures.waiting import wait_for
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -42,15 +44,6 @@ def start_agent(broker_url: str, data: Path, log: Path, **opts: object) -> subpr
     return subprocess.Popen(
         cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
-
-
-def wait_for(predicate: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
 def read_db(out: Path, sql: str) -> list[tuple[object, ...]]:
@@ -160,6 +153,7 @@ def run_chaos(
     return {"events": len(ids), "clips": len(clips), "snapshots": len(snaps), **last}
 
 
+@pytest.mark.slow
 def test_every_event_once_in_order_through_broker_agent_and_receiver_failures(
     broker: MosquittoBroker, tmp_path: Path
 ) -> None:

@@ -12,13 +12,13 @@ import sqlite3
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import av
 import cv2
 import numpy as np
+import pytest
 import yaml
 
 from guetteur.centre.client import CentreClient
@@ -28,16 +28,7 @@ from guetteur.runtime.gateway import Gateway
 from guetteur.timeutil import iso_ms, parse_iso
 from guetteur.uplink import protocol
 from tests.fixtures.broker import MosquittoBroker
-
-
-def wait_for(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+from tests.fixtures.waiting import wait_for
 
 
 def query(db: Path, sql: str, *args: object) -> list[tuple[Any, ...]]:
@@ -64,6 +55,7 @@ def guetteur(*argv: str) -> subprocess.CompletedProcess[Any]:
     )
 
 
+@pytest.mark.slow
 def test_event_snapshot_clip_and_export_reach_the_centre_receiver(
     broker: MosquittoBroker, tmp_path: Path
 ) -> None:
@@ -141,6 +133,7 @@ def test_event_snapshot_clip_and_export_reach_the_centre_receiver(
     assert clip_seconds(export_path)[0] >= 2.0
 
 
+@pytest.mark.slow
 def test_run_stops_cleanly_on_sigterm(broker: MosquittoBroker, tmp_path: Path) -> None:
     cfg = tmp_path / "guetteur.yaml"
     cfg.write_text(
@@ -272,6 +265,7 @@ def test_malformed_commands_get_codes_and_the_gateway_carries_on(
         gateway.stop()
 
 
+@pytest.mark.slow
 def test_live_sub_stream_is_the_cameras_sub_stream(
     broker: MosquittoBroker, rtsp_server: Any, media: Any, tmp_path: Path
 ) -> None:

@@ -122,6 +122,7 @@ def test_watchdog_only_while_everything_alive(abstract_listener: NotifyListener)
     assert abstract_listener.receive() == {"STOPPING": "1", "STATUS": "shutting down"}
 
 
+@pytest.mark.slow
 def test_no_watchdog_pet_once_a_camera_stalls_in_a_running_loop(
     abstract_listener: NotifyListener, tmp_path: Path
 ) -> None:

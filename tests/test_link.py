@@ -8,6 +8,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 from pydantic import BaseModel, SecretStr
 
 from guetteur.centre.client import CentreClient
@@ -78,6 +79,7 @@ def test_commands_reach_a_gateway_that_was_away_thanks_to_its_persistent_session
         centre.close()
 
 
+@pytest.mark.slow
 def test_reconnects_after_a_broker_crash_and_resubscribes(broker: MosquittoBroker) -> None:
     link, _seen = make_link(broker.url)
     ups: list[float] = []
@@ -104,6 +106,7 @@ def test_reconnects_after_a_broker_crash_and_resubscribes(broker: MosquittoBroke
         link.stop()
 
 
+@pytest.mark.slow
 def test_last_will_marks_a_vanished_gateway_offline_and_stop_says_why(
     broker: MosquittoBroker,
 ) -> None:
@@ -152,6 +155,7 @@ def test_last_will_marks_a_vanished_gateway_offline_and_stop_says_why(
         late.stop()
 
 
+@pytest.mark.slow
 def test_username_and_password(broker: MosquittoBroker, tmp_path: Path) -> None:
     passwd = tmp_path / "passwd"
     subprocess.run(["mosquitto_passwd", "-b", "-c", str(passwd), "gateway", "s3cret"], check=True)

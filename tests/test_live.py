@@ -38,10 +38,11 @@ from guetteur.uplink.audit import AuditTrail
 from guetteur.uplink.commands import CommandContext, CommandDispatcher, CommandError
 from guetteur.uplink.link import Link
 from guetteur.uplink.mqttutil import user_properties
-from guetteur.uplink.publish import ClipFile, OutboundItem
 from tests.fixtures.broker import MosquittoBroker
 from tests.fixtures.media import MediaFactory
+from tests.fixtures.publisher import CollectingPublisher
 from tests.fixtures.rtsp import RtspServerFactory
+from tests.fixtures.waiting import wait_for
 
 GW = "gw1"
 REPO = Path(__file__).resolve().parents[1]
@@ -240,23 +241,6 @@ def test_assembler_orders_skips_and_waits_for_init() -> None:
 # ----------------------------------------------------------------------------------------------
 
 
-class Collect:
-    """A real Publisher that keeps the audit records it is given."""
-
-    def __init__(self) -> None:
-        self.items: list[OutboundItem] = []
-
-    def submit(self, item: OutboundItem) -> None:
-        self.items.append(item)
-
-    def submit_clip(self, clip: ClipFile) -> None:
-        raise AssertionError("live makes no clips")
-
-    def records(self, action: str) -> list[dict[str, Any]]:
-        out = [protocol.loads(i.payload) for i in self.items]
-        return [r for r in out if r["action"] == action]
-
-
 class HubSink:
     """The SourceSink the gateway wires: packets to the live hubs, the rest ignored here."""
 
@@ -278,7 +262,7 @@ class HubSink:
 class Gateway:
     link: Link
     service: LiveService
-    audit: Collect
+    audit: CollectingPublisher
     hubs: dict[str, LiveHub]
 
 
@@ -289,7 +273,7 @@ def gateway(broker: MosquittoBroker) -> Iterator[Callable[..., Gateway]]:
     def make(cameras: list[CameraConfig], live: LiveConfig, feeds: dict[str, str] | None = None,
              sub_hubs: dict[str, LiveHub] | None = None) -> Gateway:  # fmt: skip
         """``feeds``: hub name → camera id whose real source feeds it (default: itself)."""
-        collect = Collect()
+        collect = CollectingPublisher()
         audit = AuditTrail(collect, GW)
         dispatcher = CommandDispatcher(audit, rate_per_s=50, burst=100)
         link = Link(MqttConfig(url=broker.url), GW, dispatcher)
@@ -322,15 +306,6 @@ def gateway(broker: MosquittoBroker) -> Iterator[Callable[..., Gateway]]:
         gw.link.stop()
 
 
-def wait_for(predicate: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.02)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-
-
 def wait_keyframe(hub: LiveHub, timeout: float = 15.0) -> None:
     wait_for(lambda: hub.state().has_keyframe, timeout, f"a keyframe from camera {hub.camera}")
 
@@ -357,6 +332,7 @@ class TopicRecorder:
 # ----------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_rtsp_camera_instant_start_lease_expiry_and_limits(
     broker: MosquittoBroker,
     rtsp_server: RtspServerFactory,
@@ -418,7 +394,7 @@ def test_rtsp_camera_instant_start_lease_expiry_and_limits(
         assert lapsing.session not in {s.id for s in gw.service.sessions()}
 
     # every session leaves an audit record
-    records = {r["session"]: r for r in gw.audit.records("live.session")}
+    records = {r["session"]: r for r in gw.audit.audit_records("live.session")}
     rec = records[viewer.session]
     assert rec["operator"] == "alice" and rec["client_id"].startswith("centre-")
     assert rec["camera"] == "cam1" and rec["reason"] == "stopped" and rec["bytes"] > 10_000
@@ -432,6 +408,7 @@ def test_rtsp_camera_instant_start_lease_expiry_and_limits(
 # ----------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_bad_input_gets_codes_and_changes_nothing(
     broker: MosquittoBroker, media: MediaFactory, gateway: Callable[..., Gateway]
 ) -> None:
@@ -498,20 +475,21 @@ def test_camera_silent_too_long_is_down_and_bandwidth_cap(media: MediaFactory) -
         hub.on_packet(p)
     ctx = CommandContext("live.start", "r1", "centre-1", None, {})
     cams = [CameraConfig(id="cam1", url="rtsp://127.0.0.1:9/x")]
-    capped = LiveService(LiveConfig(max_bytes_per_s=1000), cams, Nowhere(), AuditTrail(Collect(), GW),
+    capped = LiveService(LiveConfig(max_bytes_per_s=1000), cams, Nowhere(), AuditTrail(CollectingPublisher(), GW),
                          {"cam1": hub})  # fmt: skip
     with pytest.raises(CommandError) as refused:
         capped.handle_start(ctx, LiveStart(camera="cam1"))
     assert refused.value.code == "limit_reached" and "bandwidth" in refused.value.message
     assert capped.sessions() == []
     quiet = LiveService(LiveConfig(camera_down_after_s=0.2), cams, Nowhere(),
-                        AuditTrail(Collect(), GW), {"cam1": hub})  # fmt: skip
+                        AuditTrail(CollectingPublisher(), GW), {"cam1": hub})  # fmt: skip
     time.sleep(0.3)
     with pytest.raises(CommandError) as down:
         quiet.handle_start(ctx, LiveStart(camera="cam1"))
     assert down.value.code == "camera_down" and "no packet for" in down.value.message
 
 
+@pytest.mark.slow
 def test_centre_live_cli_writes_playable_file_and_stops_on_sigterm(
     broker: MosquittoBroker, media: MediaFactory, gateway: Callable[..., Gateway], tmp_path: Path
 ) -> None:
@@ -537,7 +515,7 @@ def test_centre_live_cli_writes_playable_file_and_stops_on_sigterm(
             proc.kill()
     assert proc.returncode == 0, err.decode()
     assert gw.service.sessions() == []
-    rec = gw.audit.records("live.session")[0]
+    rec = gw.audit.audit_records("live.session")[0]
     assert rec["reason"] == "stopped" and rec["operator"] == "bob" and rec["bytes"] > 20_000
     frames = decode_all(out.read_bytes())
     assert frames[0].key_frame and len(frames) >= 100  # > 4 s at 25 fps
@@ -574,6 +552,7 @@ def feed(hub: LiveHub, packets: list[EncodedPacket], stop: threading.Event, loop
             return
 
 
+@pytest.mark.slow
 def test_format_change_sends_new_init_and_sub_stream_is_served(
     broker: MosquittoBroker, media: MediaFactory, gateway: Callable[..., Gateway]
 ) -> None:

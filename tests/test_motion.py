@@ -120,6 +120,7 @@ def test_privacy_mask_blacks_out_and_hides_what_is_behind_it() -> None:
     assert not any(r.motion for _, r in run(sc, told))
 
 
+@pytest.mark.slow
 def test_night_sensor_noise_is_not_motion_but_a_night_walker_is() -> None:
     for noise in (9.0, 16.0):
         results = run(scene("night", noise=noise), MotionDetector(MotionConfig()))
@@ -148,6 +149,7 @@ def _shaken_thresholds(name: str, amplitude: float) -> list[float]:
     return out
 
 
+@pytest.mark.slow
 def test_camera_shake_is_not_taken_for_sensor_noise() -> None:
     """A camera shaking by up to 3 px misregisters every edge against the background. That is
     not sensor noise: the noise floor of the threshold must not climb with it (measured over
@@ -171,6 +173,7 @@ def test_car_driving_off_leaves_no_lasting_ghost() -> None:
     assert max(moving) <= 8.0 + cfg.absorb_frames / FPS + 0.4
 
 
+@pytest.mark.slow
 def test_headlights_sweeping_the_street_are_not_motion() -> None:
     results = run(scene("headlights"), MotionDetector(MotionConfig()))
     assert not any(r.motion for _, r in results)
@@ -283,6 +286,7 @@ def _bench(*args: str) -> dict:
     return json.loads(out.stdout)
 
 
+@pytest.mark.slow
 def test_accuracy_bench_scores_a_walk_clip_and_a_lighting_clip(tmp_path: Path) -> None:
     walk = scenario("walk", width=W, height=H, fps=25, start=3, end=6, duration=10)
     write_clip(walk, tmp_path / "walk.mp4")
@@ -301,6 +305,7 @@ def test_accuracy_bench_scores_a_walk_clip_and_a_lighting_clip(tmp_path: Path) -
     assert doc["total"]["tp"] == 1 and doc["total"]["fp"] == 0
 
 
+@pytest.mark.slow
 def test_accuracy_bench_counts_a_miss_and_a_false_alarm(tmp_path: Path) -> None:
     walk = scenario("walk", width=W, height=H, fps=25, start=3, end=6, duration=10)
     write_clip(walk, tmp_path / "walk.mp4")
@@ -313,6 +318,7 @@ def test_accuracy_bench_counts_a_miss_and_a_false_alarm(tmp_path: Path) -> None:
     assert clip["false_alarms_per_hour"] > 0
 
 
+@pytest.mark.slow
 def test_accuracy_bench_rejects_a_bad_truth_file(tmp_path: Path) -> None:
     walk = scenario("quiet", width=W, height=H, fps=25, duration=2)
     write_clip(walk, tmp_path / "q.mp4")

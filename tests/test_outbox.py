@@ -224,6 +224,7 @@ def test_bad_unknown_and_duplicate_acks_are_ignored(
         agent.close()
 
 
+@pytest.mark.slow
 def test_unacknowledged_items_are_sent_again_with_backoff(
     broker: MosquittoBroker, centre: Recorder, tmp_path: Path
 ) -> None:
@@ -255,6 +256,7 @@ def test_resync_sends_everything_in_flight_again_at_once(
         agent.close()
 
 
+@pytest.mark.slow
 def test_in_flight_window_bounds_unacknowledged_items(
     broker: MosquittoBroker, centre: Recorder, tmp_path: Path
 ) -> None:
@@ -363,6 +365,7 @@ def test_size_cap_drops_oldest_clips_then_snapshots_never_events(
     agent.close()
 
 
+@pytest.mark.slow
 def test_corrupt_database_is_moved_aside_and_a_fresh_one_used(
     broker: MosquittoBroker, centre: Recorder, tmp_path: Path
 ) -> None:
@@ -381,6 +384,7 @@ def test_corrupt_database_is_moved_aside_and_a_fresh_one_used(
         agent.close()
 
 
+@pytest.mark.slow
 def test_bandwidth_cap_paces_the_drain(
     broker: MosquittoBroker, centre: Recorder, tmp_path: Path
 ) -> None:

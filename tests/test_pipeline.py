@@ -17,6 +17,7 @@ from typing import Any
 import cv2
 import numpy as np
 import paho.mqtt.client as mqtt
+import pytest
 
 from guetteur.centre.client import CentreClient
 from guetteur.config import validate_config
@@ -35,6 +36,7 @@ from tests.fixtures.rtsp import RtspServerFactory
 RUN_S = 14.0
 
 
+@pytest.mark.slow
 def test_motion_event_from_rtsp_camera_reaches_the_centre(
     broker: MosquittoBroker, rtsp_server: RtspServerFactory, media: MediaFactory, tmp_path: Path
 ) -> None:

@@ -55,6 +55,7 @@ def parse(*argv: str) -> argparse.Namespace:
     return parser.parse_args(list(argv))
 
 
+@pytest.mark.slow
 def test_held_move_is_renewed_then_stopped(
     broker: MosquittoBroker, agent: PtyPair, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -20,7 +20,7 @@ from guetteur.uplink.audit import AuditTrail
 from guetteur.uplink.commands import CommandDispatcher
 from guetteur.uplink.protocol import ErrorCode
 from tests.fixtures.onvif import OnvifCamera
-from tests.test_ptz_service import CollectingPublisher
+from tests.fixtures.publisher import CollectingPublisher
 
 _POS = re.compile(
     r'<[\w:]*Position>\s*<[\w:]*PanTilt x="([^"]+)" y="([^"]+)"[^>]*/>\s*<[\w:]*Zoom x="([^"]+)"'
@@ -103,9 +103,10 @@ def test_positioned_moves_presets_and_home(rig: Rig) -> None:
     missing = rig.cmd(action="goto_preset", preset=9)
     assert missing["error"]["code"] == ErrorCode.NOT_FOUND
     assert "preset 9" in missing["error"]["message"]
-    assert rig.publisher.audit()[-1]["outcome"] == ErrorCode.NOT_FOUND
+    assert rig.publisher.audit_records()[-1]["outcome"] == ErrorCode.NOT_FOUND
 
 
+@pytest.mark.slow
 def test_continuous_move_stop_and_dead_man(rig: Rig) -> None:
     assert rig.cmd(action="absolute", pan=0.0, tilt=0.0, zoom=0.0)["ok"]
     assert rig.cmd(action="move", pan=0.5)["ok"]

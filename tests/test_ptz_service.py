@@ -19,24 +19,10 @@ from guetteur.ptz.service import PtzService
 from guetteur.uplink.audit import AuditTrail
 from guetteur.uplink.commands import CommandDispatcher
 from guetteur.uplink.protocol import ErrorCode
-from guetteur.uplink.publish import ClipFile, OutboundItem
+from tests.fixtures.publisher import CollectingPublisher
 from tests.fixtures.serial import PtyPair, read_exactly
 
 STOP = bytes.fromhex("FF 01 00 00 00 00 01")
-
-
-class CollectingPublisher:
-    def __init__(self) -> None:
-        self.items: list[OutboundItem] = []
-
-    def submit(self, item: OutboundItem) -> None:
-        self.items.append(item)
-
-    def submit_clip(self, clip: ClipFile) -> None:
-        raise AssertionError("no clips expected")
-
-    def audit(self) -> list[dict[str, Any]]:
-        return [json.loads(i.payload) for i in self.items if i.kind == "audit"]
 
 
 class Rig:
@@ -76,6 +62,7 @@ def rig(pty_pair: PtyPair, request: pytest.FixtureRequest) -> Iterator[Rig]:
     device.close()
 
 
+@pytest.mark.slow
 def test_dead_man_stop_reaches_the_camera_within_1_5_s(rig: Rig) -> None:
     reply = rig.cmd(camera="dome", action="move", pan=1.0, operator="alice")
     assert reply["ok"], reply
@@ -86,13 +73,14 @@ def test_dead_man_stop_reaches_the_camera_within_1_5_s(rig: Rig) -> None:
     elapsed = time.monotonic() - sent
     assert 0.9 <= elapsed <= 1.5, elapsed
     deadline = time.monotonic() + 1.0  # the record follows the bytes
-    while len(rig.publisher.audit()) < 2 and time.monotonic() < deadline:
+    while len(rig.publisher.audit_records()) < 2 and time.monotonic() < deadline:
         time.sleep(0.01)
-    records = rig.publisher.audit()
+    records = rig.publisher.audit_records()
     assert [r["action"] for r in records] == ["ptz.move", "ptz.auto_stop"]
     assert records[1]["reason"] == "dead-man" and records[1]["operator"] == "alice"
 
 
+@pytest.mark.slow
 def test_renewed_move_keeps_going(rig: Rig) -> None:
     for _ in range(6):  # 6 renewals 0.4 s apart: 2.4 s of movement, longer than the dead-man
         assert rig.cmd(camera="dome", action="move", tilt=0.5, operator="alice")["ok"]
@@ -115,13 +103,13 @@ def test_preemption_and_lock(rig: Rig) -> None:
     assert read_exactly(rig.device, 14) == bytes.fromhex(
         "FF 01 00 07 00 02 0A FF 01 00 07 00 03 0B"
     )  # bob's refused stop never reached the line
-    actions = [(r["action"], r["operator"], r["outcome"]) for r in rig.publisher.audit()]
+    actions = [(r["action"], r["operator"], r["outcome"]) for r in rig.publisher.audit_records()]
     assert actions == [
         ("ptz.goto_preset", "alice", "ok"),
         ("ptz.stop", "bob", "locked"),
         ("ptz.goto_preset", "chief", "ok"),
     ]
-    assert rig.publisher.audit()[2]["preempted"] == "alice"
+    assert rig.publisher.audit_records()[2]["preempted"] == "alice"
 
 
 @pytest.mark.parametrize("rig", [{"hold_s": 0.5}], indirect=True)
@@ -139,9 +127,12 @@ def test_idle_return_to_home_preset(rig: Rig) -> None:
     assert read_exactly(rig.device, 7) == bytes.fromhex("FF 01 00 07 00 04 0C")
     assert read_exactly(rig.device, 7, timeout=2.0) == bytes.fromhex("FF 01 00 07 00 07 0F")
     deadline = time.monotonic() + 1.0  # the record follows the bytes
-    while rig.publisher.audit()[-1]["action"] != "ptz.auto_home" and time.monotonic() < deadline:
+    while (
+        rig.publisher.audit_records()[-1]["action"] != "ptz.auto_home"
+        and time.monotonic() < deadline
+    ):
         time.sleep(0.01)
-    assert rig.publisher.audit()[-1]["action"] == "ptz.auto_home"
+    assert rig.publisher.audit_records()[-1]["action"] == "ptz.auto_home"
 
 
 @pytest.mark.parametrize(
@@ -163,7 +154,7 @@ def test_bad_input_gets_a_code_and_a_sentence(rig: Rig, payload: dict[str, Any],
     assert reply["error"]["code"] == code, reply
     assert len(reply["error"]["message"]) > 10
     if code != ErrorCode.BAD_REQUEST:  # refused by the service: audited by it
-        assert rig.publisher.audit()[-1]["outcome"] == code
+        assert rig.publisher.audit_records()[-1]["outcome"] == code
 
 
 def test_clamped_speed_is_reported(pty_pair: PtyPair) -> None:
@@ -178,9 +169,10 @@ def test_clamped_speed_is_reported(pty_pair: PtyPair) -> None:
         # half of 0x3F rounds to 0x20: 01+04+20 = 0x25
         assert read_exactly(device, 7) == bytes.fromhex("FF 01 00 04 20 00 25")
     service.close()  # the camera was still moving: close() stops it
-    assert publisher.audit()[-1]["reason"] == "shutdown"
+    assert publisher.audit_records()[-1]["reason"] == "shutdown"
 
 
+@pytest.mark.slow
 def test_silent_cameras_fail_within_the_timeout() -> None:
     # an ONVIF camera that accepts the connection and never answers, and one with nothing
     # listening, and a VISCA camera on a missing serial port
@@ -237,7 +229,7 @@ def test_silent_cameras_fail_within_the_timeout() -> None:
         service.start()
         deadline = time.monotonic() + 4.0
         while time.monotonic() < deadline:
-            stops = [r for r in publisher.audit() if r["action"] == "ptz.auto_stop"]
+            stops = [r for r in publisher.audit_records() if r["action"] == "ptz.auto_stop"]
             if len(stops) == 3:
                 break
             time.sleep(0.1)

@@ -165,6 +165,7 @@ def test_receiver_acknowledges_end_to_end_and_the_outbox_empties(
     assert resyncs == [f"{ROOT}/gw-test/ack"] * 2
 
 
+@pytest.mark.slow
 def test_two_receivers_in_a_share_group_split_the_load(
     broker: MosquittoBroker, tmp_path: Path
 ) -> None:
@@ -197,6 +198,7 @@ def test_two_receivers_in_a_share_group_split_the_load(
         assert stored == want
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("durable", [True, False], ids=["outbox", "direct"])
 def test_centre_events_tool_prints_events_and_snapshots(
     broker: MosquittoBroker, tmp_path: Path, durable: bool

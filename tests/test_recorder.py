@@ -61,6 +61,7 @@ def check_index(index: SegmentIndex) -> list[tuple[int, int]]:
     return out
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["avcc", "annexb"])
 def test_segments_start_on_keyframes_and_decode(
     kind: str, clip_avcc: Clip, clip_annexb: Clip, tmp_path: Path
@@ -169,6 +170,7 @@ def ring_bytes(data_dir: Path) -> int:
     return total
 
 
+@pytest.mark.slow
 def test_size_cap_holds_over_a_long_run(clip_avcc: Clip, tmp_path: Path) -> None:
     cap = 1_500_000  # ~8 segments of 2 s at this bitrate
     rec = Recorder(config(segment_s=2, max_bytes=cap), tmp_path)
@@ -198,6 +200,7 @@ class FakeClock:
         return self.now
 
 
+@pytest.mark.slow
 def test_nothing_older_than_the_legal_maximum_survives(clip_avcc: Clip, tmp_path: Path) -> None:
     clock = FakeClock(1_800_000_000.0)
     rec = Recorder(config(segment_s=2), tmp_path, clock=clock)
@@ -305,6 +308,7 @@ def tiny_partition(tmp_path: Path):  # type: ignore[no-untyped-def]
         subprocess.run(["umount", "-l", str(mnt)], check=False)
 
 
+@pytest.mark.slow
 def test_disk_full_is_survived(clip_avcc: Clip, tiny_partition: Path) -> None:
     wall0 = time.time() - 7200
     # No cap at all: only ENOSPC stops the ring from growing.

@@ -55,6 +55,7 @@ def verify(index_dir: Path, verified: dict[str, int]) -> int:
         index.close()
 
 
+@pytest.mark.slow
 def test_kill_dash_nine_twenty_times(tmp_path_factory: pytest.TempPathFactory) -> None:
     media = make_h264(
         tmp_path_factory.mktemp("crashmedia") / "cam.mp4", seconds=6, size="320x240", gop_s=0.5

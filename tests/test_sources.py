@@ -333,6 +333,7 @@ def test_open_source_chooses_by_scheme(tmp_path: Path) -> None:
 # ---------------------------------------------------------------------------- real RTSP
 
 
+@pytest.mark.slow
 def test_rtsp_packets_stream_info_and_analytic_frames(rtsp_server: RtspServerFactory) -> None:
     server = rtsp_server()  # 640x360 25 fps, keyframe every second, looped
     with running(open_source(camera(server.url, analytic_fps=5))) as sink:
@@ -367,6 +368,7 @@ def test_rtsp_packets_stream_info_and_analytic_frames(rtsp_server: RtspServerFac
     assert streaming.fps is not None and 20 <= streaming.fps <= 30
 
 
+@pytest.mark.slow
 def test_rtsp_multi_slice_pictures_arrive_whole(
     rtsp_server: RtspServerFactory, media: MediaFactory
 ) -> None:
@@ -392,6 +394,7 @@ def test_rtsp_multi_slice_pictures_arrive_whole(
     assert diff.mean() < 1.0
 
 
+@pytest.mark.slow
 def test_rtsp_server_killed_then_back_reconnects(rtsp_server: RtspServerFactory) -> None:
     server = rtsp_server()
     src = open_source(camera(server.url), backoff=FAST_BACKOFF)
@@ -419,6 +422,7 @@ def test_rtsp_server_killed_then_back_reconnects(rtsp_server: RtspServerFactory)
     assert packets[before].pts_s - packets[before - 1].pts_s >= 1.0  # the outage shows in time
 
 
+@pytest.mark.slow
 def test_rtsp_frozen_server_is_reported_stalled_and_reopened(
     rtsp_server: RtspServerFactory,
 ) -> None:
@@ -457,6 +461,7 @@ def test_rtsp_unreachable_port_says_so_and_retries() -> None:
     assert not sink.packets
 
 
+@pytest.mark.slow
 def test_rtsp_wrong_credentials_say_check_credentials(
     rtsp_server: RtspServerFactory, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -474,6 +479,7 @@ def test_rtsp_wrong_credentials_say_check_credentials(
         sink.wait(lambda c: len(c.packets) > 10, 8, "packets with the right credentials")
 
 
+@pytest.mark.slow
 def test_rtsp_wrong_path_and_a_port_that_is_not_rtsp(
     rtsp_server: RtspServerFactory, broker: MosquittoBroker
 ) -> None:
@@ -489,6 +495,7 @@ def test_rtsp_wrong_path_and_a_port_that_is_not_rtsp(
     assert not sink.packets
 
 
+@pytest.mark.slow
 def test_rtsp_sub_stream_feeds_analytics_main_feeds_packets(
     rtsp_server: RtspServerFactory, media: MediaFactory
 ) -> None:
@@ -512,6 +519,7 @@ def test_rtsp_sub_stream_feeds_analytics_main_feeds_packets(
 # ---------------------------------------------------------------------------- files
 
 
+@pytest.mark.slow
 def test_file_source_loops_at_native_rate_with_exact_packets(media: MediaFactory) -> None:
     clip = media.h264_clip(duration=2.0, gop_s=1.0)
     with av.open(str(clip)) as c:
@@ -530,6 +538,7 @@ def test_file_source_loops_at_native_rate_with_exact_packets(media: MediaFactory
     assert {id(p.stream) for p in sink.packets} == {id(sink.packets[0].stream)}
 
 
+@pytest.mark.slow
 def test_low_analytic_rate_decodes_keyframes_only(media: MediaFactory) -> None:
     """analytic_fps 0.9 with a keyframe every second: one frame per GOP is enough, so only
     keyframes are decoded and every analysed frame sits on a keyframe (a 0.9 fps grid would
@@ -572,6 +581,7 @@ def test_bad_files_fail_with_a_sentence_and_retry(
 # ---------------------------------------------------------------------------- test pattern
 
 
+@pytest.mark.slow
 def test_test_pattern_camera_gives_h264_packets_and_frames() -> None:
     url = "test:walk?start=0.5&end=2&duration=2.4&gop=1"
     with running(open_source(camera(url, analytic_fps=5))) as sink:
@@ -625,6 +635,7 @@ def test_v4l2_missing_device_says_so(tmp_path: Path) -> None:
 # ---------------------------------------------------------------------------- fixtures
 
 
+@pytest.mark.slow
 def test_media_static_clip_moves_only_during_scripted_interval(media: MediaFactory) -> None:
     clip = media.h264_clip(duration=3.0, pattern="static", motion=[(1.0, 2.0)], gop_s=1.0)
     with av.open(str(clip)) as c:

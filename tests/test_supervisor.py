@@ -132,6 +132,7 @@ def first_unhealthy(log: Log) -> float:
     return times[0]
 
 
+@pytest.mark.slow
 def test_hung_driver_misses_a_pet_is_restarted_and_petting_resumes(
     broker: MosquittoBroker, abstract_listener: NotifyListener, tmp_path: Path
 ) -> None:
@@ -148,6 +149,7 @@ def test_hung_driver_misses_a_pet_is_restarted_and_petting_resumes(
     assert all("UNHEALTHY" not in m.get("STATUS", "") for t, m in log if t > bad + 2.0)
 
 
+@pytest.mark.slow
 def test_no_pet_once_restarts_do_not_help(
     broker: MosquittoBroker, abstract_listener: NotifyListener, tmp_path: Path
 ) -> None:

@@ -139,6 +139,7 @@ def test_sysusers_tmpfiles_journald_watchdog(tmp_path: Path) -> None:
     assert watchdog["RuntimeWatchdogSec"] and watchdog["RebootWatchdogSec"]
 
 
+@pytest.mark.slow
 def test_image_build_payload_lint_stage_verify(tmp_path: Path) -> None:
     out = tmp_path / "out"
     env = dict(os.environ, SOURCE_DATE_EPOCH="1767225600")

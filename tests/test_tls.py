@@ -74,6 +74,7 @@ def centre_recorder(broker: MosquittoBroker, certs: Path, topic: str) -> Recorde
     ).start()
 
 
+@pytest.mark.slow
 def test_gateway_connects_with_its_certificate_and_drains_to_a_tls_receiver(
     tls_broker: MosquittoBroker, certs: Path, tmp_path: Path
 ) -> None:
@@ -124,6 +125,7 @@ def try_connect(port: int, ca: Path | None) -> bool:
         client.loop_stop()
 
 
+@pytest.mark.slow
 def test_a_client_without_a_certificate_is_refused(
     tls_broker: MosquittoBroker, certs: Path
 ) -> None:
@@ -137,6 +139,7 @@ def test_a_client_without_a_certificate_is_refused(
         link.stop()
 
 
+@pytest.mark.slow
 def test_gateway_cannot_publish_or_read_under_another_gateway(
     tls_broker: MosquittoBroker, certs: Path
 ) -> None:

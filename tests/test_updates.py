@@ -122,6 +122,7 @@ def rig(tmp_path: Path) -> Iterator[Rig]:
     r.stop_agent()
 
 
+@pytest.mark.slow
 def test_install_then_unhealthy_update_is_rolled_back(rig: Rig) -> None:
     first = rig.apply(rig.bundle("1.0.0"))
     assert first.status == "installed", first.message
@@ -145,6 +146,7 @@ def test_install_then_unhealthy_update_is_rolled_back(rig: Rig) -> None:
     assert record["pid"] == int(rig.pidfile.read_text())
 
 
+@pytest.mark.slow
 def test_bad_signature_is_refused_and_nothing_changes(rig: Rig) -> None:
     assert rig.apply(rig.bundle("1.0.0")).status == "installed"
     before = sorted(p.name for p in (rig.root / "releases").iterdir())

@@ -155,7 +155,7 @@ def cmd_config_check(args: argparse.Namespace) -> int:
 
 
 def cmd_config_reference(_args: argparse.Namespace) -> int:
-    from guetteur.configdoc import config_reference
+    from guetteur.config.reference import config_reference
 
     print(config_reference(), end="")
     return 0

@@ -10,7 +10,7 @@ from typing import Any
 from pydantic import BaseModel
 from pydantic_core import PydanticUndefined
 
-from guetteur.config import GuetteurConfig
+from guetteur.config.gateway import GuetteurConfig
 
 
 def _type_name(annotation: Any) -> str:
