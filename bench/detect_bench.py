@@ -97,7 +97,9 @@ def thinned(
 
 def analytic(img: np.ndarray) -> np.ndarray:
     h, w = img.shape[:2]
-    return cv2.resize(img, (ANALYTIC_WIDTH, round(h * ANALYTIC_WIDTH / w)), cv2.INTER_AREA)
+    size = (ANALYTIC_WIDTH, round(h * ANALYTIC_WIDTH / w))
+    resized: np.ndarray = cv2.resize(img, size, interpolation=cv2.INTER_AREA)
+    return resized
 
 
 def gating(

@@ -36,7 +36,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import av
 
@@ -91,7 +91,7 @@ class HubSink:
 
 def first_picture(data: bytes) -> bool:
     try:
-        with av.open(io.BytesIO(data)) as c:
+        with av.open(io.BytesIO(data), mode="r") as c:
             for _frame in c.decode(video=0):
                 return True
     except av.FFmpegError:
@@ -108,7 +108,7 @@ def keyframe_decode_s(clip: Path) -> float:
     with av.open(str(clip)) as c:
         stream = c.streams.video[0]
         packet = next(p for p in c.demux(stream) if p.is_keyframe)
-        ctx = av.CodecContext.create(stream.codec_context.name, "r")
+        ctx = cast(av.VideoCodecContext, av.CodecContext.create(stream.codec_context.name, "r"))
         ctx.extradata = stream.codec_context.extradata
         ctx.thread_count = 1
         best = 1e9
@@ -117,7 +117,7 @@ def keyframe_decode_s(clip: Path) -> float:
             ctx.decode(packet)
             ctx.decode(None)
             best = min(best, time.perf_counter() - t)
-            ctx = av.CodecContext.create(stream.codec_context.name, "r")
+            ctx = cast(av.VideoCodecContext, av.CodecContext.create(stream.codec_context.name, "r"))
             ctx.extradata = stream.codec_context.extradata
             ctx.thread_count = 1
         return best

@@ -147,7 +147,8 @@ class Mog2Detector(_ContourReference):
         self._mog = cv2.createBackgroundSubtractorMOG2(history=100, detectShadows=True)
 
     def foreground(self, image: np.ndarray) -> np.ndarray:
-        return self._mog.apply(image) == 255
+        mask: np.ndarray = self._mog.apply(image) == 255
+        return mask
 
 
 DETECTORS = ("guetteur", "textbook", "mog2")

@@ -30,6 +30,7 @@ from pathlib import Path
 
 import paho.mqtt.client as mqtt
 import serial
+from paho.mqtt.enums import CallbackAPIVersion
 
 from guetteur.centre.client import CentreClient
 from guetteur.config import CameraConfig, MqttConfig, PtzConfig
@@ -158,12 +159,12 @@ def bare_mqtt(port: int, n: int) -> list[float]:
         stamp.append(time.perf_counter())
         got.set()
 
-    sub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+    sub = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
     sub.on_message = on_message
     sub.connect("127.0.0.1", port)
     sub.subscribe("bench/echo", qos=1)
     sub.loop_start()
-    pub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+    pub = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
     pub.connect("127.0.0.1", port)
     pub.loop_start()
     time.sleep(0.3)

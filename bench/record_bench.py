@@ -61,6 +61,7 @@ def make_stream(path: Path, seconds: int) -> Path:
 def load(path: Path) -> tuple[StreamInfo, list[tuple[bytes, int, int, bool, int]], int]:
     with av.open(str(path)) as box:
         vs = box.streams.video[0]
+        assert vs.time_base is not None
         tb = Fraction(vs.time_base)
         info = StreamInfo(
             "h264", vs.codec_context.width, vs.codec_context.height, tb, 25.0,
@@ -69,7 +70,7 @@ def load(path: Path) -> tuple[StreamInfo, list[tuple[bytes, int, int, bool, int]
         raw = [
             (bytes(p), int(p.pts), int(p.dts), bool(p.is_keyframe), int(p.duration or 0))
             for p in box.demux(vs)
-            if p.size
+            if p.size and p.pts is not None and p.dts is not None
         ]
     step = round(1 / (25 * tb))
     return info, raw, max(p[1] for p in raw) + step
@@ -80,7 +81,7 @@ def packets(
 ) -> list[EncodedPacket]:
     """Ready-made packets (the source's work is not the recorder's): ``seconds`` of stream."""
     wall0 = time.time() - seconds - 5
-    out = []
+    out: list[EncodedPacket] = []
     n = 0
     while True:
         for data, pts, dts, key, dur in raw:

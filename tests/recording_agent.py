@@ -74,6 +74,7 @@ def load_clip(path: Path, annexb: bool = False) -> Clip:
     with av.open(str(path)) as box:
         vs = box.streams.video[0]
         cc = vs.codec_context
+        assert vs.time_base is not None
         tb = Fraction(vs.time_base)
         raw = [
             (

@@ -10,6 +10,7 @@ import shutil
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 import av
 import pytest
@@ -92,7 +93,7 @@ def sliced(tmp_path_factory: pytest.TempPathFactory) -> Packets:
 
 def decode_count(codec: str, access_units: list[bytes]) -> int:
     """Frames a fresh decoder (no extradata) makes out of Annex B access units."""
-    decoder = av.CodecContext.create(codec, "r")
+    decoder = cast(av.VideoCodecContext, av.CodecContext.create(codec, "r"))
     frames = 0
     for data in access_units:
         frames += len(decoder.decode(av.Packet(data)))

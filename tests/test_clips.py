@@ -8,6 +8,7 @@ import json
 import subprocess
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import av
@@ -143,8 +144,11 @@ class CollectingPublisher:
         self.got_clip.set()
 
 
+ExportFixture = tuple[CommandDispatcher, CollectingPublisher, float, Path]
+
+
 @pytest.fixture
-def export(ring: tuple[Path, float]):  # type: ignore[no-untyped-def]
+def export(ring: tuple[Path, float]) -> Iterator[ExportFixture]:
     data_dir, wall0 = ring
     config = GuetteurConfig.model_validate(
         {
@@ -207,7 +211,7 @@ def test_export_command_delivers_an_mp4_with_its_gaps(export) -> None:  # type: 
     ],
 )
 def test_export_bad_input_gets_a_code_and_a_sentence(
-    export,  # type: ignore[no-untyped-def]
+    export: ExportFixture,
     payload: dict[str, object],
     code: str,
     words: str,

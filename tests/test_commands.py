@@ -95,7 +95,8 @@ def test_topics_round_trip() -> None:
         "kind": "live",
         "session": "s1",
     }
-    assert protocol.parse_topic("guetteur/v1", t.command("ptz"))["verb"] == "ptz"
+    parsed = protocol.parse_topic("guetteur/v1", t.command("ptz"))
+    assert parsed is not None and parsed["verb"] == "ptz"
     assert protocol.parse_topic("other", t.status) is None
     assert protocol.valid_id("cam-1_a") and not protocol.valid_id("../etc")
 

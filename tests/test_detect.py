@@ -57,7 +57,7 @@ def config_for(model: TestModel, **kw: object) -> DetectionConfig:
     return DetectionConfig(
         manifest=str(model.manifest),
         model=str(model.model),
-        **kw,  # type: ignore[arg-type]
+        **kw,
     )
 
 
@@ -65,7 +65,7 @@ def diff_boxes(prev: np.ndarray, cur: np.ndarray, threshold: int = 25) -> list[B
     """Motion boxes from a two-frame difference: blobs of changed pixels, normalised."""
     g0 = cv2.GaussianBlur(cv2.cvtColor(prev, cv2.COLOR_BGR2GRAY), (5, 5), 0)
     g1 = cv2.GaussianBlur(cv2.cvtColor(cur, cv2.COLOR_BGR2GRAY), (5, 5), 0)
-    changed = (cv2.absdiff(g0, g1) > threshold).astype(np.uint8)
+    changed: np.ndarray = (cv2.absdiff(g0, g1) > threshold).astype(np.uint8)
     changed = cv2.dilate(changed, np.ones((3, 3), np.uint8), iterations=3)
     _, _, stats, _ = cv2.connectedComponentsWithStats(changed)
     h, w = changed.shape
@@ -326,7 +326,7 @@ def test_model_errors_are_sentences(detection_models: DetectionModels, tmp_path:
 
     def error(**kw: object) -> DetectorError:
         with pytest.raises(DetectorError) as err:
-            load_detector(DetectionConfig(**kw))  # type: ignore[arg-type]
+            load_detector(DetectionConfig(**kw))
         return err.value
 
     e = error(manifest=str(REPO / "models" / f"{fpn}.yaml"), model=str(tmp_path / "nope.tflite"))
@@ -501,7 +501,7 @@ def _events(det: Detector, frames: list[np.ndarray], fps: float, require: list[s
 
     flt = DetectFilter(require=require)
     tracker = EventTracker("cam1", EventsConfig(start_frames=2), require_labels=flt.require)
-    out = []
+    out: list[tuple[str, dict[str, float]]] = []
     for i in range(step, len(frames), step):
         boxes = diff_boxes(frames[i - step], frames[i])
         dets = filter_detections(det.detect(frames[i], boxes), flt) if boxes else []

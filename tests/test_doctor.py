@@ -252,12 +252,12 @@ def test_camera_probe_goes_through_the_source_credentials_and_sentences(
     """Credentials from the camera config (not the URL) reach the camera as the agent sends them;
     a refusal is the source's own sentence, with what to do."""
     camera = rtsp_server(user="operator", password="right-one")
-    good = CameraConfig(id="c1", url=camera.url, username="operator", password="right-one")  # type: ignore[arg-type]
+    good = CameraConfig(id="c1", url=camera.url, username="operator", password="right-one")
     check = probe_camera(good, timeout_s=10, sample_s=1)
     assert check.verdict == "PASS", check
     assert "h264 640x360" in check.detail and "right-one" not in check.detail
 
-    bad = CameraConfig(id="c1", url=camera.url, username="operator", password="wrong-one")  # type: ignore[arg-type]
+    bad = CameraConfig(id="c1", url=camera.url, username="operator", password="wrong-one")
     check = probe_camera(bad, timeout_s=10, sample_s=1)
     assert check.verdict == "FAIL", check
     assert "refused the credentials" in check.detail and "retrying" not in check.detail

@@ -143,7 +143,9 @@ def run_chaos(
         want = [e[1] for e in expected_events if e[2] == camera]
         got = [str(r[0]) for r in stored if r[1] == camera]
         assert got == want, f"camera {camera}: events out of order"
-    clips = dict(read_db(out, "SELECT clip_id, path FROM clips WHERE state='complete'"))
+    clips = {
+        r[0]: r[1] for r in read_db(out, "SELECT clip_id, path FROM clips WHERE state='complete'")
+    }
     assert set(clips) == set(expected_clips)
     for clip_id, sha in expected_clips.items():
         assert hashlib.sha256(Path(str(clips[clip_id])).read_bytes()).hexdigest() == sha

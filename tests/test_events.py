@@ -101,7 +101,7 @@ def test_best_frame_snapshot_prefers_detections() -> None:
     snaps = [u.snapshot for u in out if u.snapshot is not None]
     assert len(snaps) == 2  # the first frame, then the better (detection) frame
     decoded = cv2.imdecode(np.frombuffer(snaps[-1], np.uint8), cv2.IMREAD_COLOR)
-    assert decoded.mean() > 150  # the bright frame with the person
+    assert decoded is not None and decoded.mean() > 150  # the bright frame with the person
 
 
 def test_discontinuity_and_max_duration_end_events() -> None:

@@ -30,7 +30,7 @@ class Ping(BaseModel):
 
 
 def make_link(url: str, gateway: str = "gwl", **mqtt: object) -> tuple[Link, list[str]]:
-    cfg = MqttConfig(url=url, reconnect_max_s=1.0, **mqtt)  # type: ignore[arg-type]
+    cfg = MqttConfig(url=url, reconnect_max_s=1.0, **mqtt)
     link = Link(cfg, gateway)
     seen: list[str] = []
     dispatcher = CommandDispatcher(AuditTrail(DirectPublisher(link), gateway))

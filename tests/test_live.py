@@ -92,16 +92,17 @@ def demux(path: Path, framing: str) -> list[EncodedPacket]:
             data = bytes(p) if bsf is None else b"".join(bytes(q) for q in bsf.filter(p))
             raw.append((data, *meta))
         width, height, tb = stream.width, stream.height, stream.time_base
+        assert tb is not None
     sets_types = parameter_set_types(codec)
     info_extradata: bytes | None = extradata if framing == "mp4" else None
     if framing == "annexb-sprop":
         first = annexb_units(raw[0][0])
         sets = [u for u in first if nal_type(u, codec) in sets_types]
         info_extradata = b"".join(b"\x00\x00\x00\x01" + u for u in sets)
-        stripped = []
-        for data, *meta in raw:
+        stripped: list[tuple[bytes, int, int, bool, int]] = []
+        for data, pts, dts, key, dur in raw:
             units = [u for u in annexb_units(data) if nal_type(u, codec) not in sets_types]
-            stripped.append((b"".join(b"\x00\x00\x00\x01" + u for u in units), *meta))
+            stripped.append((b"".join(b"\x00\x00\x00\x01" + u for u in units), pts, dts, key, dur))
         raw = stripped
     info = StreamInfo(codec, width, height, tb, 25.0, info_extradata)
     now = time.time()
@@ -112,7 +113,7 @@ def demux(path: Path, framing: str) -> list[EncodedPacket]:
 
 
 def decode_all(data: bytes) -> list[av.VideoFrame]:
-    with av.open(io.BytesIO(data)) as container:
+    with av.open(io.BytesIO(data), mode="r") as container:
         return list(container.decode(video=0))
 
 
@@ -562,14 +563,13 @@ def test_format_change_sends_new_init_and_sub_stream_is_served(
     cam = CameraConfig(id="cam1", url="rtsp://127.0.0.1:9/main", sub_url="rtsp://127.0.0.1:9/sub")
     gw = gateway([cam], LiveConfig(), feeds={}, sub_hubs={"cam1": sub_hub})
     stop = threading.Event()
+
     # main: 1.2 s of 320x180, then the camera comes back at 640x360 (a new StreamInfo)
-    main_feed = threading.Thread(
-        target=lambda: (
-            feed(gw.hubs["cam1"], small[:30], stop, False),
-            feed(gw.hubs["cam1"], large, stop, True),
-        ),
-        daemon=True,
-    )
+    def feed_main() -> None:
+        feed(gw.hubs["cam1"], small[:30], stop, False)
+        feed(gw.hubs["cam1"], large, stop, True)
+
+    main_feed = threading.Thread(target=feed_main, daemon=True)
     sub_feed = threading.Thread(target=feed, args=(sub_hub, small, stop, True), daemon=True)
     main_feed.start()
     sub_feed.start()

@@ -8,6 +8,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -283,7 +284,8 @@ def _bench(*args: str) -> dict:
         timeout=120,
         check=True,
     )
-    return json.loads(out.stdout)
+    result: dict[Any, Any] = json.loads(out.stdout)
+    return result
 
 
 @pytest.mark.slow

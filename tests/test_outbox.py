@@ -86,7 +86,7 @@ class Agent:
     def __init__(self, broker: MosquittoBroker, data: Path, **outbox: object) -> None:
         cfg = dict(retry_s=30.0) | outbox
         self.link = Link(MqttConfig(url=broker.url, reconnect_max_s=1.0), GW)
-        self.outbox = Outbox(OutboxConfig(**cfg), data, self.link, GW)  # type: ignore[arg-type]
+        self.outbox = Outbox(OutboxConfig(**cfg), data, self.link, GW)
         # like the gateway: a retained "online" status on every connection
         self.link.add_connect_listener(
             lambda: self.link.publish_json(

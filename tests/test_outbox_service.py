@@ -109,7 +109,7 @@ def make_outbox(link: MemoryLink, tmp_path: Path) -> Iterator[Callable[..., Outb
     made: list[Outbox] = []
 
     def make(**config: object) -> Outbox:
-        cfg = OutboxConfig(**({"retry_s": 30.0} | config))  # type: ignore[arg-type]
+        cfg = OutboxConfig(**({"retry_s": 30.0} | config))
         outbox = Outbox(cfg, tmp_path, link, GW)
         made.append(outbox)
         return outbox

@@ -128,6 +128,7 @@ def test_motion_event_from_rtsp_camera_reaches_the_centre(
     ]
     assert jpegs, [(eid, len(j), c) for eid, j, c in snapshots]
     picture = cv2.imdecode(np.frombuffer(jpegs[-1], np.uint8), cv2.IMREAD_COLOR)
+    assert picture is not None
     # rendered from the full-resolution frame (640x360), not the 320 px analysed one
     assert picture.shape == (360, 640, 3)
     assert picture[:90, :160].mean() < 8  # privacy mask blacked out

@@ -50,7 +50,7 @@ class Rig:
             protocol="onvif",
             url=cam.url,
             username=cam.username,
-            password=password or cam.password,  # type: ignore[arg-type]
+            password=password or cam.password,
             presets=16,
             pan_range=(-0.8, 0.8),
         )

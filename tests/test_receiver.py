@@ -226,7 +226,9 @@ def test_centre_events_tool_prints_events_and_snapshots(
     )
     watcher = Recorder(broker.url, f"{ROOT}/+/cam/+/event").start()
     try:
-        time.sleep(1.0)  # the tool subscribes
+        assert proc.stderr is not None
+        ready = proc.stderr.readline()  # printed once its subscriptions are acknowledged
+        assert "listening" in ready, ready
         agent = Agent(broker, tmp_path).start()
         publisher: Publisher = agent.outbox if durable else DirectPublisher(agent.link)
         publisher.submit(snapshot(0))

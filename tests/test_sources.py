@@ -164,7 +164,7 @@ def test_analytic_size_keeps_aspect_and_never_upscales() -> None:
 )
 def test_frame_sampler_rate(stream_fps: float, analytic_fps: float, expected: int) -> None:
     sampler = FrameSampler(analytic_fps)
-    taken = [i for i in range(stream_fps * 4) if sampler.take(i / stream_fps + 0.0133)]
+    taken = [i for i in range(int(stream_fps * 4)) if sampler.take(i / stream_fps + 0.0133)]
     assert abs(len(taken) - expected) <= 1
     gaps = np.diff(taken) / stream_fps
     assert gaps.max() <= 1 / analytic_fps + 1 / stream_fps + 1e-9
@@ -641,7 +641,9 @@ def test_media_static_clip_moves_only_during_scripted_interval(media: MediaFacto
     with av.open(str(clip)) as c:
         stream = c.streams.video[0]
         assert (stream.codec_context.name, stream.width, stream.height) == ("h264", 640, 360)
-        frames = {round(float(f.pts * stream.time_base), 2): f.to_ndarray(format="gray")
+        tb = stream.time_base
+        assert tb is not None
+        frames = {round(float((f.pts or 0) * tb), 2): f.to_ndarray(format="gray")
                   for f in c.decode(stream)}  # fmt: skip
     assert len(frames) == 75
     before, during, after = frames[0.48], frames[1.48], frames[2.48]

@@ -81,7 +81,7 @@ def run_gateway(
     tmp_path: Path,
     wedged_runs: int,
     until: float,
-) -> tuple[Log, WedgingSource]:
+) -> tuple[Log, WedgingSource, float]:
     config = validate_config(
         {
             "gateway_id": "gw-sup",

@@ -95,8 +95,12 @@ class CentreClient:
         self._pending: dict[bytes, tuple[threading.Event, list[dict[str, Any]]]] = {}
         self._subs: dict[str, tuple[int, Callable[[mqtt.MQTTMessage], None]]] = {}
         self._connected = threading.Event()
+        # SUBACKs still awaited for the subscriptions of the last connection: "connected" means
+        # subscribed too, so nothing published right after connect() is missed
+        self._unacked_subs: set[int] = set()
         self._lock = threading.Lock()
         self._client.on_connect = self._on_connect
+        self._client.on_subscribe = self._on_subscribe
         self._client.on_disconnect = self._on_disconnect
         self._client.message_callback_add(self._reply_topic, self._on_reply)
 
@@ -124,7 +128,7 @@ class CentreClient:
             self.close()
             raise CentreError(
                 f"broker {self.address.host}:{self.address.port} did not accept "
-                f"the connection within {timeout:.0f} s"
+                f"the connection and its subscriptions within {timeout:.0f} s"
             )
         return self
 
@@ -209,10 +213,16 @@ class CentreClient:
         if reason.is_failure:
             log.error("centre: broker refused the connection: %s", reason)
             return
-        client.subscribe(self._reply_topic, qos=1)
-        for topic, (qos, _cb) in self._subs.items():
-            client.subscribe(topic, qos=qos)
-        self._connected.set()
+        topics = [(self._reply_topic, 1)] + [(t, qos) for t, (qos, _cb) in self._subs.items()]
+        mids = [client.subscribe(t, qos=qos)[1] for t, qos in topics]
+        with self._lock:
+            self._unacked_subs = {mid for mid in mids if mid is not None}
+
+    def _on_subscribe(self, _c: mqtt.Client, _u: Any, mid: int, *_rest: Any) -> None:
+        with self._lock:
+            self._unacked_subs.discard(mid)
+            if not self._unacked_subs:
+                self._connected.set()
 
     def _on_disconnect(self, *_args: Any) -> None:
         self._connected.clear()

@@ -158,6 +158,7 @@ def run(args: argparse.Namespace) -> int:
     except CentreError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    print(f"en écoute / listening: {base}/cam/+/event", file=sys.stderr, flush=True)
     deadline = time.monotonic() + args.timeout if args.count and args.timeout > 0 else None
     try:
         while not done.wait(0.2):

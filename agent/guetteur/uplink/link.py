@@ -57,7 +57,7 @@ class Link:
         self._pending_subs: set[int] = set()
         self._sub_lock = threading.Lock()
         self._subscriptions: dict[str, tuple[int, MessageCallback]] = {}
-        self._connect_listeners: list[Callable[[], None]] = []
+        self._connect_listeners: list[Callable[[], object]] = []
         self._disconnect_listeners: list[Callable[[], None]] = []
         self.session_present = False  # did the broker still hold our session at the last CONNACK
         self.connects = 0  # successful connections since start (1 + reconnections)
@@ -152,7 +152,7 @@ class Link:
     def wait_connected(self, timeout: float) -> bool:
         return self._connected.wait(timeout)
 
-    def add_connect_listener(self, listener: Callable[[], None]) -> None:
+    def add_connect_listener(self, listener: Callable[[], object]) -> None:
         """Called (on the network thread) after every successful (re)connection."""
         self._connect_listeners.append(listener)
 

@@ -207,8 +207,10 @@ class Detector:
         out = self._outputs[role]
         value = self._interp.get_tensor(out.index)
         if out.scale and value.dtype != np.float32:
-            return (value.astype(np.float32) - out.zero_point) * out.scale
-        return value.astype(np.float32, copy=False)
+            scaled: np.ndarray = (value.astype(np.float32) - out.zero_point) * out.scale
+            return scaled
+        as_float: np.ndarray = value.astype(np.float32, copy=False)
+        return as_float
 
 
 def prepare_input(image: np.ndarray, spec: InputSpec) -> np.ndarray:
