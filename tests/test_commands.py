@@ -43,10 +43,11 @@ def test_ok_reply_and_audit() -> None:
         "move", b'{"v":1,"id":"r1","camera":"c1","operator":"alice"}', {"client_id": "centre-7"}
     )
     assert reply == {"ok": True, "id": "r1", "camera": "c1", "speed": 0.5, "by": "centre-7"}
-    assert len(sink.items) == 1
-    record = protocol.loads(sink.items[0].payload)
-    assert record["action"] == "cmd.move" and record["operator"] == "alice"
-    assert record["outcome"] == "ok" and record["client_id"] == "centre-7"
+    # one record before the action (a command that cannot be audited does not run), one after
+    before, after = (protocol.loads(item.payload) for item in sink.items)
+    assert before["action"] == after["action"] == "cmd.move" and after["operator"] == "alice"
+    assert before["outcome"] == "accepted" and before["request_id"] == after["request_id"] == "r1"
+    assert after["outcome"] == "ok" and after["client_id"] == "centre-7"
 
 
 def test_bad_inputs_get_codes_and_sentences() -> None:

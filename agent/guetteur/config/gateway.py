@@ -9,6 +9,7 @@ from pydantic import Field, field_validator
 
 from guetteur.config.base import ConfigSection
 from guetteur.config.camera import CameraConfig
+from guetteur.config.commands import CommandsConfig
 from guetteur.config.link import MqttConfig
 from guetteur.uplink.protocol import ID_PATTERN
 
@@ -85,6 +86,9 @@ class LiveConfig(ConfigSection):
         4, ge=1, description="Most live sessions at once on one camera"
     )
     max_sessions: int = Field(8, ge=1, description="Most live sessions at once on the gateway")
+    max_sessions_per_operator: int = Field(
+        2, ge=1, description="Most live sessions one operator holds at once on the gateway"
+    )
     max_bytes_per_s: int | None = Field(
         None, ge=1, description="Bandwidth cap of all live sessions together, bytes per second"
     )
@@ -197,6 +201,9 @@ class GuetteurConfig(ConfigSection):
         default_factory=DetectionConfig, description="Optional TFLite object detector"
     )
     logging: LoggingConfig = Field(default_factory=LoggingConfig, description="Logging")
+    commands: CommandsConfig = Field(
+        default_factory=CommandsConfig, description="Signed commands from the centre, and quotas"
+    )
 
     @field_validator("gateway_id")
     @classmethod

@@ -33,12 +33,12 @@ from guetteur.ptz.service import PtzService
 from guetteur.record.clips import EventClipper, ExportService
 from guetteur.record.writer import Recorder
 from guetteur.runtime.camera_worker import CameraWorker
+from guetteur.runtime.command_path import build_command_path
 from guetteur.runtime.health import HealthSupervisor
 from guetteur.sources import open_source
 from guetteur.timeutil import clock_synchronised, iso_ms
 from guetteur.uplink import messages, protocol
-from guetteur.uplink.audit import AuditTrail
-from guetteur.uplink.commands import CommandContext, CommandDispatcher, CommandError
+from guetteur.uplink.commands import CommandContext, CommandError
 from guetteur.uplink.link import DirectPublisher, Link
 from guetteur.uplink.outbox.service import Outbox
 from guetteur.uplink.publish import OutboundItem, Priority, Publisher
@@ -54,15 +54,23 @@ class Gateway:
         self.started_at = time.time()
         self.data_dir = Path(config.data_dir)
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        self.link = Link(config.mqtt, config.gateway_id)
+        cmds = config.commands
+        self.link = Link(
+            config.mqtt,
+            config.gateway_id,
+            command_workers=cmds.gateway_workers,
+            reply_prefix=cmds.reply_prefix,
+            camera_queue=cmds.camera_queue,
+        )
         self.outbox: Outbox | None = None
         if config.outbox.enabled:  # durable: items leave only when the centre acknowledges them
             self.outbox = Outbox(config.outbox, self.data_dir, self.link, config.gateway_id)
         self.publisher: Publisher = self.outbox or DirectPublisher(self.link)
-        self.audit = AuditTrail(self.publisher, config.gateway_id)
-        self.dispatcher = CommandDispatcher(self.audit)
-        self.link.dispatcher = self.dispatcher
         self._warnings: list[str] = []
+        self.audit, self.dispatcher = build_command_path(
+            config, self.publisher, self.outbox, self.data_dir, self._warnings
+        )
+        self.link.dispatcher = self.dispatcher
         self.detector_worker: DetectorWorker | None = None
         try:
             detector = load_detector(config.detection)
@@ -117,7 +125,10 @@ class Gateway:
         self.ptz = PtzService(self.workers_config(), self.audit)
         self.ptz.register(self.dispatcher)
         self.dispatcher.register("snapshot", SnapshotRequest, self._cmd_snapshot)
-        self.dispatcher.register("status", StatusRequest, self._cmd_status, audited=False)
+        self.dispatcher.register(
+            "status", StatusRequest, self._cmd_status, audited=False, record_before=False
+        )
+        self.link.lanes.set_cameras(self.workers)
         self.link.add_connect_listener(self._on_link_up)
         self._stop = threading.Event()
 
