@@ -9,4 +9,5 @@ pytest_plugins = [
     "tests.fixtures.serial",
     "tests.fixtures.onvif",
     "tests.fixtures.signing",
+    "tests.fixtures.shipped_broker",
 ]

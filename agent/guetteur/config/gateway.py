@@ -11,7 +11,7 @@ from guetteur.config.base import ConfigSection
 from guetteur.config.camera import CameraConfig
 from guetteur.config.commands import CommandsConfig
 from guetteur.config.link import MqttConfig
-from guetteur.uplink.protocol import ID_PATTERN
+from guetteur.uplink.protocol import gateway_id_problem
 
 
 class EventsConfig(ConfigSection):
@@ -208,10 +208,9 @@ class GuetteurConfig(ConfigSection):
     @field_validator("gateway_id")
     @classmethod
     def _gw(cls, v: str) -> str:
-        if not ID_PATTERN.match(v):
-            raise ValueError(
-                "expected 1-64 letters, digits, '-' or '_', starting with a letter or digit"
-            )
+        problem = gateway_id_problem(v)
+        if problem:
+            raise ValueError(problem)
         return v
 
     @field_validator("cameras")

@@ -7,9 +7,18 @@ partition of a freshly flashed card. On first boot ``guetteur-provision.service`
 2. build the agent config and validate it with :func:`guetteur.config.validate_config`;
 3. generate the device key (EC P-256, mode 0600) unless one exists, and a CSR for it;
 4. commit: every file is written under a temporary name and renamed into ``/etc/guetteur``;
+   secrets never go into the 0640 config: camera passwords go to ``secrets.yaml`` (0600, the
+   config names them ``${secret:...}``), the enrolment token to ``enrolment.token`` (0600, with
+   its expiry; not kept at all when the device certificate came with the file);
 5. rewrite the provisioning file on the FAT partition without the token, as
-   ``guetteur-provision.applied.yaml`` (so the unit does not run again), removing the original;
+   ``guetteur-provision.applied.yaml`` (so the unit does not run again), and remove the original
+   after overwriting its bytes (FAT has no copy-on-write: the token's clusters are zeroed);
 6. mark done: ``/var/lib/guetteur/.provisioned``.
+
+The enrolment token is retired (overwritten, then deleted) once the gateway holds a device
+certificate for its key, or once it expired: :func:`retire_enrolment_token`, run by provisioning
+and by ``guetteur doctor``. The centre's command-signing public keys (``centre_keys``) are
+written to ``centre-keys.pem``, which ``commands.trusted_keys`` names.
 
 Nothing is written before everything validated; a crash in steps 4-6 leaves the original file in
 place, and the next boot applies it again (the device key is reused, so the CSR stays valid).
@@ -24,6 +33,7 @@ import logging
 import os
 import pwd
 import tempfile
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,8 +49,11 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, f
 
 from guetteur.config import ConfigError, validate_config, validation_problems
 from guetteur.errors import GuetteurError
+from guetteur.ops.enrolment import CERT_FILE, KEY_FILE, TOKEN_FILE, overwrite_and_unlink
+from guetteur.ops.enrolment import retire_enrolment_token as retire_enrolment_token
 from guetteur.timeutil import iso_ms
-from guetteur.uplink.protocol import ID_PATTERN
+from guetteur.uplink.centre_keys import KeyFileError, parse_public_keys, public_pem
+from guetteur.uplink.protocol import gateway_id_problem
 
 log = logging.getLogger(__name__)
 
@@ -48,10 +61,9 @@ PROVISION_FILE = "guetteur-provision.yaml"
 APPLIED_FILE = "guetteur-provision.applied.yaml"
 CONFIG_FILE = "guetteur.yaml"
 CA_FILE = "ca.pem"
-KEY_FILE = "device.key"
 CSR_FILE = "device.csr"
-CERT_FILE = "device.crt"
-TOKEN_FILE = "enrolment.token"
+SECRETS_FILE = "secrets.yaml"
+CENTRE_KEYS_FILE = "centre-keys.pem"
 DONE_MARKER = ".provisioned"
 BOARD_FILE = "board"  # read by guetteur.ops.hwprofile.detect_board (/etc/guetteur/board)
 
@@ -107,6 +119,14 @@ class ProvisionFile(_Model):
     enrolment_token: SecretStr | None = Field(
         None, description="One-time enrolment token from the centre"
     )
+    enrolment_token_ttl_hours: float = Field(
+        72.0, gt=0, le=720, description="Hours after which an unused enrolment token is deleted"
+    )
+    centre_keys: list[str] = Field(
+        default_factory=list,
+        description="The centre's command-signing public keys: file names on the boot partition "
+        "or inline PEM; gateways run only commands signed by one of them",
+    )
     cameras: list[ProvisionCamera] | str = Field(description="Cameras, or the word 'discover'")
     discover: DiscoverCredentials | None = Field(
         None, description="Credentials used when cameras is 'discover'"
@@ -127,10 +147,9 @@ class ProvisionFile(_Model):
     @field_validator("gateway_id")
     @classmethod
     def _gw(cls, v: str) -> str:
-        if not ID_PATTERN.match(v):
-            raise ValueError(
-                "expected 1-64 letters, digits, '-' or '_', starting with a letter or digit"
-            )
+        problem = gateway_id_problem(v)
+        if problem:
+            raise ValueError(problem)
         return v
 
     @field_validator("broker_url")
@@ -292,6 +311,7 @@ def plan_provisioning(
             files[CERT_FILE] = (pem, 0o644)
 
     cameras: list[dict[str, Any]] = []
+    secrets: dict[str, str] = {}
     if isinstance(prov.cameras, str):
         if discover_cameras is None:
             problems.append("cameras: 'discover' needs the network, which is not available here")
@@ -312,6 +332,23 @@ def plan_provisioning(
             if cam.password is not None:
                 entry["password"] = cam.password.get_secret_value()
             cameras.append(entry)
+    for entry in cameras:  # clear-text passwords go to the 0600 secrets file, never the config
+        if isinstance(entry.get("password"), str):
+            name = f"camera-{entry['id']}"
+            secrets[name] = entry["password"]
+            entry["password"] = "${secret:" + name + "}"
+
+    trusted: list[bytes] = []
+    for n, value in enumerate(prov.centre_keys):
+        pem = _read_pem(value, boot_dir, f"centre_keys[{n}]", problems)
+        if pem is None:
+            continue
+        try:
+            trusted += [public_pem(k) for k in parse_public_keys(pem, f"centre_keys[{n}]")]
+        except KeyFileError as exc:
+            problems.append(f"centre_keys[{n}]: {exc.message}")
+    if trusted:
+        files[CENTRE_KEYS_FILE] = (b"".join(trusted), 0o644)
 
     if prov.board and prov.board != "auto":
         from guetteur.ops.hwprofile import available_profiles
@@ -335,8 +372,14 @@ def plan_provisioning(
     )
     files[KEY_FILE] = (key_pem, 0o600)
     files[CSR_FILE] = (make_csr(key, prov.gateway_id, prov.site), 0o644)
-    if prov.enrolment_token is not None:
-        files[TOKEN_FILE] = (prov.enrolment_token.get_secret_value().encode() + b"\n", 0o600)
+    if prov.enrolment_token is not None and CERT_FILE not in files:
+        token = {
+            "token": prov.enrolment_token.get_secret_value(),
+            "expires": iso_ms(time.time() + prov.enrolment_token_ttl_hours * 3600),
+        }
+        files[TOKEN_FILE] = (json.dumps(token).encode() + b"\n", 0o600)
+    if secrets:
+        files[SECRETS_FILE] = (yaml.safe_dump(secrets, allow_unicode=True).encode(), 0o600)
 
     mqtt: dict[str, Any] = {"url": prov.broker_url}
     if tls or CERT_FILE in files:
@@ -352,8 +395,20 @@ def plan_provisioning(
     }
     if prov.site:
         config["site"] = prov.site
+    if secrets:
+        config["secrets_file"] = str(etc_dir / SECRETS_FILE)
+    if trusted:
+        config["commands"] = {"trusted_keys": [str(etc_dir / CENTRE_KEYS_FILE)]}
+    # validated as the agent will see it: the secrets file's values in place of the references
+    resolved = {k: v for k, v in config.items() if k != "secrets_file"}
+    resolved["cameras"] = [
+        {**c, "password": secrets.get(f"camera-{c['id']}", c.get("password"))}
+        if "password" in c
+        else c
+        for c in cameras
+    ]
     try:
-        validate_config(config, "generated config")
+        validate_config(resolved, "generated config")
     except ConfigError as exc:
         problems += [f"(generated config) {p}" for p in exc.problems]
     if problems:
@@ -430,7 +485,8 @@ def apply_plan(
     etc_dir.mkdir(parents=True, exist_ok=True)
     state_dir.mkdir(parents=True, exist_ok=True)
     # The key first: a config pointing at a missing key would be worse than the reverse.
-    order = [KEY_FILE, CSR_FILE, CA_FILE, CERT_FILE, TOKEN_FILE, BOARD_FILE, CONFIG_FILE]
+    order = [KEY_FILE, CSR_FILE, CA_FILE, CERT_FILE, TOKEN_FILE, SECRETS_FILE, CENTRE_KEYS_FILE]
+    order += [BOARD_FILE, CONFIG_FILE]
     for name in order:
         if name in plan.files:
             content, mode = plan.files[name]
@@ -447,8 +503,9 @@ def apply_plan(
         + yaml.safe_dump(raw, sort_keys=False, allow_unicode=True)
     )
     _write_atomic(boot_dir / APPLIED_FILE, applied.encode(), 0o644, None)
-    prov_path.unlink()
+    overwrite_and_unlink(prov_path)
     _fsync_dir(boot_dir)
+    retire_enrolment_token(etc_dir)
 
     marker = {
         "gateway_id": plan.source.gateway_id,
@@ -473,9 +530,9 @@ def _scrub_secrets(node: Any, etc_dir: Path) -> Any:
         out = {}
         for k, v in node.items():
             if k == "enrolment_token":
-                out[k] = f"(removed at provisioning; kept in {etc_dir / TOKEN_FILE})"
+                out[k] = f"(removed at provisioning; kept in {etc_dir / TOKEN_FILE} until used)"
             elif k == "password":
-                out[k] = f"(removed at provisioning; kept in {etc_dir / CONFIG_FILE})"
+                out[k] = f"(removed at provisioning; kept in {etc_dir / SECRETS_FILE})"
             else:
                 out[k] = _scrub_secrets(v, etc_dir)
         return out

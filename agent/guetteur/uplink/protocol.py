@@ -24,6 +24,26 @@ def valid_id(value: str) -> bool:
     return bool(ID_PATTERN.match(value))
 
 
+# Broker identities that are not gateways: a gateway's certificate CN is its id, and the ACL's
+# per-gateway patterns (``%u``) would hand a gateway named ``centre`` the centre's own topics.
+RESERVED_GATEWAY_IDS = frozenset({"centre", "broker", "admin"})
+RESERVED_GATEWAY_PREFIXES = ("centre-", "op-")
+
+
+def gateway_id_problem(value: str) -> str:
+    """Why ``value`` cannot be a gateway id, or "" when it can."""
+    if not ID_PATTERN.match(value):
+        return "expected 1-64 letters, digits, '-' or '_', starting with a letter or digit"
+    lowered = value.lower()
+    if lowered in RESERVED_GATEWAY_IDS or lowered.startswith(RESERVED_GATEWAY_PREFIXES):
+        return (
+            f"{value!r} is reserved for the centre's broker identities (reserved: "
+            f"{', '.join(sorted(RESERVED_GATEWAY_IDS))}, and names starting with "
+            f"{' or '.join(RESERVED_GATEWAY_PREFIXES)})"
+        )
+    return ""
+
+
 @dataclass(frozen=True)
 class Topics:
     """Every topic of one gateway under ``{root}/{gw}``."""
