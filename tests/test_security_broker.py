@@ -9,6 +9,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -166,7 +167,7 @@ def test_only_signed_fresh_unique_commands_run_and_every_refusal_is_audited(
         for rid, (_reply, code) in refusals.items():
             if rid == "op1-status":
                 continue  # status touches no video: not audited, but its replay is
-            records = wait_for(lambda rid=rid: audit.for_request(rid), 10, f"audit of {rid}")
+            records = wait_for(partial(audit.for_request, rid), 10, f"audit of {rid}")
             assert [(r["outcome"], r["code"]) for r in records] == [("refused", code)], records
         replayed = wait_for(
             lambda: [r for r in audit.for_request("op1-status") if r["outcome"] == "refused"],
@@ -175,14 +176,11 @@ def test_only_signed_fresh_unique_commands_run_and_every_refusal_is_audited(
         )
         assert replayed[0]["code"] == AuthCode.REPLAYED
         # the snapshot ran for op1: recorded before it ran, with the verified operator and key
-        done = wait_for(
-            lambda: (
-                [r["outcome"] for r in audit.for_request(ran["id"])] == ["accepted", "ok"]
-                and audit.for_request(ran["id"])
-            ),
-            10,
-            "audit of op1's snapshot",
-        )
+        def both_records() -> list[dict[str, Any]]:
+            records = audit.for_request(ran["id"])
+            return records if [r["outcome"] for r in records] == ["accepted", "ok"] else []
+
+        done = wait_for(both_records, 10, "audit of op1's snapshot")
         assert {r["operator"] for r in done} == {"op1"} and {r["role"] for r in done} == {
             "operator"
         }
