@@ -175,6 +175,7 @@ def test_only_signed_fresh_unique_commands_run_and_every_refusal_is_audited(
             "audit of the replay",
         )
         assert replayed[0]["code"] == AuthCode.REPLAYED
+
         # the snapshot ran for op1: recorded before it ran, with the verified operator and key
         def both_records() -> list[dict[str, Any]]:
             records = audit.for_request(ran["id"])

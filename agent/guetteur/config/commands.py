@@ -30,11 +30,11 @@ class CommandsConfig(ConfigSection):
         5.0, gt=0, description="Commands per second one operator may send for one verb"
     )
     burst: int = Field(20, ge=1, description="Commands one operator may send at once per verb")
-    gateway_rate_per_s: float = Field(
+    refusals_audited_per_s: float = Field(
         50.0,
         gt=0,
-        description="Commands per second the gateway reads for one verb, whoever sends them "
-        "(checked before signatures: a flood costs nothing)",
+        description="Refused (unverifiable) commands per second audited for one verb; beyond, "
+        "they are refused without an audit record (a flood of forged commands)",
     )
     snapshots_per_minute: int = Field(
         12, ge=1, description="Snapshot commands one operator may send per minute"

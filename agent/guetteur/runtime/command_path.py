@@ -64,7 +64,7 @@ def build_command_path(
         rate_per_s=cmds.rate_per_s,
         burst=cmds.burst,
         verifier=verifier,
-        gateway_rate_per_s=cmds.gateway_rate_per_s,
+        gateway_rate_per_s=cmds.refusals_audited_per_s,
         verb_quotas={
             "snapshot": (cmds.snapshots_per_minute / 60.0, max(1, cmds.snapshots_per_minute // 4)),
             "export": (cmds.exports_per_hour / 3600.0, max(1, cmds.exports_per_hour // 4)),

@@ -3,11 +3,12 @@
 Each verb registers a handler and a pydantic model for its payload. ``handle`` never raises: every
 command gets exactly one reply, ``{"ok": true, ...}`` or an error with a code and a sentence.
 
-Order matters: the cheap gateway-wide rate limit comes before anything is parsed, verified,
-audited or allocated (a flood costs nothing); the signature (``command_auth.Verifier``) decides
-who the operator is and what their role allows; the per-operator quotas come next; the audit
-record of the action is stored *before* the handler runs (a command that cannot be audited does
-not run). Refused signatures are audited too (``refused``), bounded by the rate limit.
+Order matters: parsing is bounded (``protocol.loads``); the signature (``command_auth.Verifier``)
+decides who the operator is and what their role allows; the per-operator quotas come next, before
+anything is audited or allocated; the audit record of the action is stored *before* the handler
+runs (a command that cannot be audited does not run). Refused signatures are audited too
+(``refused``) within a gateway-wide budget per verb, so a flood of forged commands costs one
+signature check each and fills neither the audit trail nor another operator's quota.
 
 With a verifier (the gateway always has one), the ``operator``, ``priority`` and ``client_id``
 fields of a body are ignored: they are what the sender claims, and the signed identity replaces
@@ -178,10 +179,6 @@ class CommandDispatcher:
             return messages.reply_error(
                 None, ErrorCode.UNKNOWN_VERB, f"unknown command {verb!r}; known: {known}"
             )
-        if not self._take_gateway(verb):
-            return messages.reply_error(
-                None, ErrorCode.RATE_LIMITED, f"too many {verb} commands; slow down"
-            )
         try:
             data = protocol.loads(payload, protocol.MAX_COMMAND_BYTES)
         except protocol.MessageError as exc:
@@ -204,7 +201,14 @@ class CommandDispatcher:
             try:
                 identity = self._verifier.verify(verb, data)
             except AuthError as exc:
-                self._record_refusal(verb, data, client_id, request_id, exc.code, exc.message)
+                # refusals are audited within a gateway-wide budget: a flood of forged commands
+                # costs a signature check each, and neither the audit trail nor other operators
+                if self._take_gateway(verb):
+                    self._record_refusal(verb, data, client_id, request_id, exc.code, exc.message)
+                else:
+                    log.warning(
+                        "command %s refused (%s), not audited: refusal flood", verb, exc.code
+                    )
                 return messages.reply_error(request_id, exc.code, exc.message)
         body = {k: v for k, v in data.items() if k not in ("v", "id", "auth")}
         if identity is not None:

@@ -166,6 +166,13 @@ def _parse_int(text: str) -> int:
     return int(text)
 
 
+def _parse_float(text: str) -> float:
+    value = float(text) if len(text) <= 64 else float("inf")
+    if value in (float("inf"), float("-inf")):
+        raise MessageError(f"a number of {len(text)} characters is out of range")
+    return value
+
+
 def _parse_constant(name: str) -> Any:
     raise MessageError(f"{name} is not a JSON number")
 
@@ -203,7 +210,12 @@ def loads(payload: bytes | str, max_bytes: int = MAX_MESSAGE_BYTES) -> dict[str,
     if len(payload) > max_bytes:
         raise MessageError(f"message is {len(payload)} bytes (at most {max_bytes})")
     try:
-        data = json.loads(payload, parse_int=_parse_int, parse_constant=_parse_constant)
+        data = json.loads(
+            payload,
+            parse_int=_parse_int,
+            parse_float=_parse_float,
+            parse_constant=_parse_constant,
+        )
     except MessageError:
         raise
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
