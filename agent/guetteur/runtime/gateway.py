@@ -29,6 +29,7 @@ from guetteur.analytics.events import EventUpdate, encode_jpeg
 from guetteur.config import CameraConfig, GuetteurConfig
 from guetteur.live.hub import LiveHub
 from guetteur.live.service import LiveService
+from guetteur.onvif.masks import PrivacyMaskService
 from guetteur.ptz.service import PtzService
 from guetteur.record.clips import EventClipper, ExportService
 from guetteur.record.writer import Recorder
@@ -122,6 +123,9 @@ class Gateway:
             self.live_sub_hubs,
         )
         self.live.register(self.dispatcher)
+        self.privacy = PrivacyMaskService(
+            self.workers_config(), on_change=lambda st: self._camera_changed(st.camera)
+        )
         self.ptz = PtzService(self.workers_config(), self.audit)
         self.ptz.register(self.dispatcher)
         self.dispatcher.register("snapshot", SnapshotRequest, self._cmd_snapshot)
@@ -149,6 +153,7 @@ class Gateway:
             self.outbox.start()
         self.link.start()
         self.ptz.start()
+        self.privacy.start()
         for worker in self.workers.values():
             worker.start()
 
@@ -164,6 +169,7 @@ class Gateway:
         if self.detector_worker is not None:
             self.detector_worker.close(1.0)
         self.ptz.close()  # stops any camera still moving
+        self.privacy.close()
         self.live.close()
         for closing in (self.exports, self.clipper):  # they share the recorder's index
             if closing is not None:
@@ -221,6 +227,8 @@ class Gateway:
                     update.camera, update.event_id, update.start_wall, update.end_wall
                 )
         message = messages.event(update, self.config.gateway_id)
+        if self.privacy.unverified(update.camera):  # the camera's own video may show them
+            message["privacy_unverified"] = True
         self.publisher.submit(
             OutboundItem(
                 item_id=update.message_id,
@@ -283,13 +291,21 @@ class Gateway:
     def publish_status(self) -> None:
         self.link.publish_json(self.link.topics.status, self.status_message(), qos=1, retain=True)
 
+    def camera_status_message(self, worker: CameraWorker) -> dict[str, Any]:
+        return {**worker.status_message(), **self.privacy.status_fields(worker.camera.id)}
+
     def publish_camera_status(self, worker: CameraWorker) -> None:
         self.link.publish_json(
             self.link.topics.camera_status(worker.camera.id),
-            worker.status_message(),
+            self.camera_status_message(worker),
             qos=1,
             retain=True,
         )
+
+    def _camera_changed(self, camera: str) -> None:
+        worker = self.workers.get(camera)
+        if worker is not None:
+            self.publish_camera_status(worker)
 
     def _on_link_up(self) -> None:
         self.publish_status()
@@ -342,7 +358,7 @@ class Gateway:
     def _cmd_status(self, _ctx: CommandContext, _req: StatusRequest) -> dict[str, Any]:
         return {
             "gateway": self.status_message(),
-            "cameras": [w.status_message() for w in self.workers.values()],
+            "cameras": [self.camera_status_message(w) for w in self.workers.values()],
         }
 
 
