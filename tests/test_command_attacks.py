@@ -45,7 +45,7 @@ def make_gateway(
     def make(**sections: Any) -> Gateway:
         raw: dict[str, Any] = {
             "gateway_id": GW,
-            "data_dir": str(tmp_path / f"gateway{len(made)}"),
+            "data_dir": str(tmp_path / "gateway"),
             "mqtt": {"url": broker.url},
             "recording": {"enabled": False},
             "outbox": {"enabled": False},
@@ -291,3 +291,29 @@ def test_commands_are_refused_once_the_audit_budget_is_spent(
         assert client.request(GW, "status", {})["ok"]
         time.sleep(0.3)
     assert not [m for m in watcher.on(f"{ROOT}/{GW}/cam/cam/snapshot")]
+
+
+@pytest.mark.slow
+def test_a_command_queued_while_the_gateway_was_away_is_refused_once_expired_and_a_replay_stays_refused_across_a_restart(
+    broker: MosquittoBroker, make_gateway: MakeGateway, centre_key: CentreKey
+) -> None:
+    """The broker keeps a gateway's commands while it is away (persistent session): a PTZ move
+    must not run 30 s late. And the nonce of a command that ran is remembered across a restart."""
+    strict = centre_key.commands_config(max_clock_skew_s=0)
+    first = make_gateway(commands=strict)
+    with centre(broker, centre_key) as client:
+        watcher = Watcher(client)
+        reply_topic = f"{ROOT}/_reply/{client.client_id}/{GW}"
+        ran = client.sign(GW, "status", {"id": "ran-before-restart"})
+        assert client.request(GW, "status", ran)["ok"]
+        first.stop()
+        client.command_lifetime_s = 1.0
+        late = client.sign(GW, "status", {"id": "queued-while-away"})
+        late_corr = publish_raw(client, "status", protocol.dumps(late), reply_topic)
+        time.sleep(1.5)  # its lifetime passes while the gateway is away
+        make_gateway(commands=strict)  # same data_dir, same MQTT session: the broker delivers it
+        answer = wait_for(lambda: replies_on(watcher, reply_topic, late_corr), 15, "the late reply")
+        assert answer[0]["error"]["code"] == "expired", answer
+        client.command_lifetime_s = 30.0
+        replay = client.request(GW, "status", ran)  # signed 2 s ago: still fresh, already used
+        assert replay["error"]["code"] == "replayed", replay
