@@ -218,7 +218,7 @@ class CentreClient:
         props = publish_properties(
             "application/json",
             {"client_id": self.client_id},
-            f"{self._reply_area}/{gateway}",
+            protocol.Topics(self.root, gateway).reply(self.client_id),
             correlation,
         )
         topic = f"{self.root}/{gateway}/cmd/{verb}"

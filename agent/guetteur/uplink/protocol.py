@@ -93,8 +93,10 @@ class Topics:
         return self.full("ack")
 
     def reply(self, client_id: str) -> str:
-        """Conventional response topic for a centre tool (any topic works: MQTT 5 says where)."""
-        return f"{self.root}/_reply/{client_id}"
+        """Conventional response topic of a centre client for this gateway's replies: in the
+        centre's reply area (the only one a gateway answers on), one level per gateway (the
+        only level the shipped ACL lets that gateway write)."""
+        return f"{self.root}/{DEFAULT_REPLY_PREFIX}{client_id}/{self.gateway}"
 
 
 # Relative topic builders, for OutboundItem.topic.
