@@ -138,6 +138,11 @@ def test_only_signed_fresh_unique_commands_run_and_every_refusal_is_audited(
             signer.sign(GW, "ptz", {"id": "viewer-ptz", "camera": "cam", "action": "stop"}, "v1", "viewer"),
             "ptz",
         )  # fmt: skip
+        # the same through the client's per-call identity (how a server signs for each operator)
+        as_viewer = centre.request(
+            GW, "ptz", {"camera": "cam", "action": "stop"}, 10, operator="v2", role="viewer"
+        )
+        assert as_viewer["error"]["code"] == AuthCode.FORBIDDEN
         # 6. a command signed for op1 runs, once; the same bytes again are a replay
         good = signer.sign(GW, "status", {"id": "op1-status"}, "op1", "operator")
         first = send(good, "status")

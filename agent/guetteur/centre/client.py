@@ -205,16 +205,25 @@ class CentreClient:
     # -- commands ------------------------------------------------------------------------------
 
     def request(
-        self, gateway: str, verb: str, payload: dict[str, Any], timeout: float = 5.0
+        self,
+        gateway: str,
+        verb: str,
+        payload: dict[str, Any],
+        timeout: float = 5.0,
+        *,
+        operator: str | None = None,
+        role: str | None = None,
     ) -> dict[str, Any]:
-        """Send ``cmd/{verb}`` to a gateway and wait for its one reply."""
+        """Send ``cmd/{verb}`` to a gateway and wait for its one reply; signed (with a signer)
+        for ``operator``/``role``, by default this client's (a server signs for each of its
+        logged-in operators through one client)."""
         correlation = uuid.uuid4().bytes
         done = threading.Event()
         box: list[dict[str, Any]] = []
         with self._lock:
             self._pending[correlation] = (done, box)
         body = {**payload, "id": payload.get("id") or uuid.uuid4().hex}
-        body = self.sign(gateway, verb, body)
+        body = self.sign(gateway, verb, body, operator=operator, role=role)
         props = publish_properties(
             "application/json",
             {"client_id": self.client_id},
@@ -231,13 +240,26 @@ class CentreClient:
                 self._pending.pop(correlation, None)
         return box[0]
 
-    def sign(self, gateway: str, verb: str, body: dict[str, Any]) -> dict[str, Any]:
-        """``body`` signed for this client's operator and role; unchanged without a signer, or
-        when it is signed already (sent as it is)."""
+    def sign(
+        self,
+        gateway: str,
+        verb: str,
+        body: dict[str, Any],
+        *,
+        operator: str | None = None,
+        role: str | None = None,
+    ) -> dict[str, Any]:
+        """``body`` signed for ``operator``/``role`` (default: this client's); unchanged without
+        a signer, or when it is signed already (sent as it is)."""
         if self.signer is None or "auth" in body:
             return body
         return self.signer.sign(
-            gateway, verb, body, self.operator, self.role, self.command_lifetime_s
+            gateway,
+            verb,
+            body,
+            operator or self.operator,
+            role or self.role,
+            self.command_lifetime_s,
         )
 
     def _on_reply(self, _c: mqtt.Client, _u: Any, msg: mqtt.MQTTMessage) -> None:
