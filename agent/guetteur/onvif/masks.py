@@ -223,9 +223,11 @@ class PrivacyMaskService:
             self._thread.start()
 
     def close(self) -> None:
+        """Stop checking; a check still waiting on a camera is not waited for (daemon thread:
+        the agent's stop stays within systemd's limit)."""
         self._stop.set()
         if self._thread is not None:
-            self._thread.join(2.0)
+            self._thread.join(0.5)
 
     def status(self, camera: str) -> MaskStatus | None:
         with self._lock:
