@@ -8,4 +8,6 @@ pytest_plugins = [
     "tests.fixtures.rtsp",
     "tests.fixtures.serial",
     "tests.fixtures.onvif",
+    "tests.fixtures.signing",
+    "tests.fixtures.shipped_broker",
 ]

@@ -94,3 +94,22 @@ def make_server_cert(ca: Issued, days: float = 30, host: str = "127.0.0.1") -> I
         .sign(ca.key, hashes.SHA256())
     )
     return Issued(cert, key)
+
+
+def make_client_cert(
+    ca: Issued, key: ec.EllipticCurvePrivateKey, cn: str, days: float = 30
+) -> Issued:
+    """A client certificate for an existing key (the centre signing a gateway's CSR)."""
+    now = dt.datetime.now(dt.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(_name(cn))
+        .issuer_name(ca.cert.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(days=1))
+        .not_valid_after(now + dt.timedelta(days=days))
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .sign(ca.key, hashes.SHA256())
+    )
+    return Issued(cert, key)

@@ -16,6 +16,7 @@ NOT_FOR_RUN = (
     "guetteur.centre",
     "guetteur.ops.doctor",
     "guetteur.ops.provision",
+    "guetteur.ops.update_cli",
     "guetteur.ops.updates",
     "guetteur.ops.discover",
 )

@@ -43,10 +43,11 @@ def test_ok_reply_and_audit() -> None:
         "move", b'{"v":1,"id":"r1","camera":"c1","operator":"alice"}', {"client_id": "centre-7"}
     )
     assert reply == {"ok": True, "id": "r1", "camera": "c1", "speed": 0.5, "by": "centre-7"}
-    assert len(sink.items) == 1
-    record = protocol.loads(sink.items[0].payload)
-    assert record["action"] == "cmd.move" and record["operator"] == "alice"
-    assert record["outcome"] == "ok" and record["client_id"] == "centre-7"
+    # one record before the action (a command that cannot be audited does not run), one after
+    before, after = (protocol.loads(item.payload) for item in sink.items)
+    assert before["action"] == after["action"] == "cmd.move" and after["operator"] == "alice"
+    assert before["outcome"] == "accepted" and before["request_id"] == after["request_id"] == "r1"
+    assert after["outcome"] == "ok" and after["client_id"] == "centre-7"
 
 
 def test_bad_inputs_get_codes_and_sentences() -> None:
@@ -116,3 +117,47 @@ def test_any_coded_error_a_handler_lets_through_is_answered_with_its_code() -> N
     second = d.handle("move", b'{"id":"r2","camera":"c"}')
     assert first == messages.reply_error("r1", "locked", "camera c is controlled by alice")
     assert second["error"] == {"code": "not_found", "message": "nothing recorded for camera c"}
+
+
+def test_reply_topics_only_in_the_centres_reply_area() -> None:
+    root = "guetteur/v1"
+    ok = protocol.reply_topic_problem
+    assert ok("guetteur/v1/_reply/centre-1/gw1", root) == ""
+    assert ok("guetteur/v1/area/x", root, "area/") == ""  # configurable prefix
+    refused = {
+        "": "no response topic",
+        "$SYS/broker/x": "$-topic",
+        "guetteur/v1/_reply/+/gw1": "wildcard",
+        "guetteur/v1/_reply/#": "wildcard",
+        "guetteur/v1/_reply/a\0b": "NUL",
+        "guetteur/v1/_reply/": "outside",
+        "guetteur/v1/_reply//x": "outside",
+        "guetteur/v1/gw1/cam/cam1/event": "outside",
+        "guetteur/v1/gw1/audit": "outside",
+        "guetteur/v1/_replyX/a": "outside",
+        "guetteur/v1/_reply/" + "x" * 600: "longer than 512",
+    }
+    for topic, why in refused.items():
+        assert why in ok(topic, root), topic
+
+
+def test_without_a_verifier_claims_count_but_with_one_only_the_signature() -> None:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from guetteur.uplink.command_auth import Signer, Verifier
+
+    key = Ed25519PrivateKey.generate()
+    seen: list[CommandContext] = []
+
+    def record(ctx: CommandContext, _req: Move) -> dict[str, Any]:
+        seen.append(ctx)
+        return {}
+
+    signed = CommandDispatcher(verifier=Verifier([key.public_key()], "gw1"))
+    signed.register("ptz", Move, record)  # a verb with roles
+    body = Signer(key).sign("gw1", "ptz", {"id": "1", "camera": "c", "operator": "mallory",
+                                             "priority": 100}, "op1", "supervisor")  # fmt: skip
+    assert signed.handle("ptz", protocol.dumps(body), {"client_id": "x"})["ok"]
+    assert (seen[-1].operator, seen[-1].role, seen[-1].priority) == ("op1", "supervisor", 50)
+    assert seen[-1].principal == "op1"
+    assert signed.handle("ptz", b'{"camera":"c","operator":"op1"}')["error"]["code"] == "unsigned"

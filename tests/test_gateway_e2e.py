@@ -28,6 +28,7 @@ from guetteur.runtime.gateway import Gateway
 from guetteur.timeutil import iso_ms, parse_iso
 from guetteur.uplink import protocol
 from tests.fixtures.broker import MosquittoBroker
+from tests.fixtures.signing import CentreKey
 from tests.fixtures.waiting import wait_for
 
 
@@ -57,7 +58,7 @@ def guetteur(*argv: str) -> subprocess.CompletedProcess[Any]:
 
 @pytest.mark.slow
 def test_event_snapshot_clip_and_export_reach_the_centre_receiver(
-    broker: MosquittoBroker, tmp_path: Path
+    broker: MosquittoBroker, tmp_path: Path, centre_key: CentreKey
 ) -> None:
     config = validate_config(
         {
@@ -67,6 +68,7 @@ def test_event_snapshot_clip_and_export_reach_the_centre_receiver(
             "cameras": [{"id": "street", "url": "test:walk?start=3&end=5&duration=60&gop=1"}],
             "recording": {"segment_s": 2},
             "events": {"pre_roll_s": 1, "post_roll_s": 1, "end_quiet_s": 1.5},
+            "commands": centre_key.commands_config(),
         }
     )
     receiver = Receiver(broker.url, tmp_path / "centre", client_id="centre-e2e")
@@ -93,7 +95,10 @@ def test_event_snapshot_clip_and_export_reach_the_centre_receiver(
         )
         snaps = query(db, "SELECT bytes FROM snapshots WHERE event_id=?", event_id)
         # export a range that was recorded, through the MQTT command
-        with CentreClient(broker.url, client_id="centre-export") as centre:
+        signer = centre_key.signer()
+        with CentreClient(
+            broker.url, "centre-export", signer=signer, operator="sup1", role="supervisor"
+        ) as centre:
             start = parse_iso(end_msg["start"])
             reply = centre.request(
                 "gw-e2e",
@@ -178,7 +183,7 @@ def test_run_stops_cleanly_on_sigterm(broker: MosquittoBroker, tmp_path: Path) -
 
 
 def test_malformed_commands_get_codes_and_the_gateway_carries_on(
-    broker: MosquittoBroker, tmp_path: Path
+    broker: MosquittoBroker, tmp_path: Path, centre_key: CentreKey
 ) -> None:
     import threading
     import uuid
@@ -192,14 +197,17 @@ def test_malformed_commands_get_codes_and_the_gateway_carries_on(
             "mqtt": {"url": broker.url},
             "recording": {"enabled": False},
             "cameras": [{"id": "cam", "url": "test:quiet"}],
+            # this test polls for a first snapshot: above the default per-operator quota
+            "commands": centre_key.commands_config(snapshots_per_minute=600),
         }
     )
     gateway = Gateway(config)
     gateway.start()
+    signer = centre_key.signer()
     replies: dict[bytes, dict[str, Any]] = {}
     got = threading.Event()
     try:
-        with CentreClient(broker.url, client_id="centre-bad") as centre:
+        with CentreClient(broker.url, "centre-bad", signer=signer, operator="op1") as centre:
             reply_topic = "guetteur/v1/_reply/centre-bad-raw"
 
             def on_reply(msg: Any) -> None:
@@ -219,6 +227,9 @@ def test_malformed_commands_get_codes_and_the_gateway_carries_on(
             for payload, sub in raw.items():
                 corr = uuid.uuid4().bytes
                 sent[corr] = payload
+                if payload.startswith(b'{"v"'):  # well-formed JSON, signed: only its body is bad
+                    body = centre.sign("gw-bad", sub[4:], protocol.loads(payload))
+                    payload = protocol.dumps(body)
                 props = publish_properties(
                     "application/json", {"client_id": "centre-bad"}, reply_topic, corr
                 )
@@ -249,7 +260,9 @@ def test_malformed_commands_get_codes_and_the_gateway_carries_on(
             assert snap["bytes"] > 1000
         # the centre tool saves the picture, to a file or to stdout
         jpeg = tmp_path / "cam.jpg"
+        signing = ["--signing-key", str(centre_key.private_path), "--operator", "op1"]
         common = ["centre", "snapshot", "-b", broker.url, "-g", "gw-bad", "--camera", "cam"]
+        common += signing
         saved = guetteur(*common, "-o", str(jpeg))
         assert saved.returncode == 0, saved.stderr
         assert f"written to {jpeg}" in saved.stdout
@@ -259,7 +272,9 @@ def test_malformed_commands_get_codes_and_the_gateway_carries_on(
         for picture in (jpeg.read_bytes(), piped.stdout):
             image = cv2.imdecode(np.frombuffer(picture, np.uint8), cv2.IMREAD_COLOR)
             assert image is not None and image.shape[2] == 3
-        refused = guetteur("centre", "snapshot", "-b", broker.url, "-g", "gw-bad", "--camera", "x")
+        refused = guetteur(
+            "centre", "snapshot", "-b", broker.url, "-g", "gw-bad", "--camera", "x", *signing
+        )
         assert refused.returncode == 1 and "unknown_camera" in refused.stderr
     finally:
         gateway.stop()
@@ -267,7 +282,7 @@ def test_malformed_commands_get_codes_and_the_gateway_carries_on(
 
 @pytest.mark.slow
 def test_live_sub_stream_is_the_cameras_sub_stream(
-    broker: MosquittoBroker, rtsp_server: Any, media: Any, tmp_path: Path
+    broker: MosquittoBroker, rtsp_server: Any, media: Any, tmp_path: Path, centre_key: CentreKey
 ) -> None:
     main = rtsp_server()
     sub = rtsp_server(file=media.h264_clip(size=(480, 270), duration=6.0))
@@ -278,13 +293,15 @@ def test_live_sub_stream_is_the_cameras_sub_stream(
             "mqtt": {"url": broker.url},
             "recording": {"enabled": False},
             "cameras": [{"id": "dome", "url": main.url, "sub_url": sub.url}],
+            "commands": centre_key.commands_config(),
         }
     )
     gateway = Gateway(config)
     gateway.start()
     try:
         assert gateway.link.wait_subscribed(10)
-        with CentreClient(broker.url, client_id="centre-sub") as centre:
+        signer = centre_key.signer()
+        with CentreClient(broker.url, "centre-sub", signer=signer, operator="op1") as centre:
             reply = wait_for(
                 lambda: (
                     (

@@ -343,7 +343,13 @@ def test_rtsp_camera_instant_start_lease_expiry_and_limits(
     clip = media.h264_clip(duration=12.0, fps=25.0, gop_s=4.0, size=(640, 360))
     server = rtsp_server(file=clip)
     cams = [CameraConfig(id="cam1", url=server.url), CameraConfig(id="cam2", url=server.url)]
-    live = LiveConfig(min_lease_s=1.0, max_sessions_per_camera=2, max_sessions=3, fragment_s=0.5)
+    live = LiveConfig(
+        min_lease_s=1.0,
+        max_sessions_per_camera=2,
+        max_sessions=3,
+        max_sessions_per_operator=3,  # one client plays every viewer here
+        fragment_s=0.5,
+    )
     gw = gateway(cams, live, feeds={"cam1": "cam1", "cam2": "cam1"})
     wait_keyframe(gw.hubs["cam1"])
     time.sleep(1.0)  # be mid-GOP: the next camera keyframe is seconds away

@@ -13,6 +13,7 @@ from guetteur.config import EventsConfig, validate_config
 from guetteur.runtime.gateway import Gateway
 from guetteur.sources.base import CameraStatus
 from guetteur.uplink import messages, protocol
+from guetteur.uplink.command_auth import AuthCode
 from guetteur.uplink.protocol import ErrorCode
 from guetteur.uplink.publish import ClipFile
 from tests.contract import validate, validate_payload
@@ -144,6 +145,7 @@ def test_replies_ok_and_every_error_code() -> None:
     ok = validate_payload("reply", protocol.dumps(messages.reply_ok("r1", session="s1")))
     assert ok == {"v": 1, "ok": True, "id": "r1", "session": "s1"}
     codes = [v for k, v in vars(ErrorCode).items() if k.isupper()]
-    assert len(codes) >= 15
+    codes += [v for k, v in vars(AuthCode).items() if k.isupper()]  # refused signatures
+    assert len(codes) >= 25
     for code in codes:
         validate_payload("reply", protocol.dumps(messages.reply_error(None, code, "a sentence")))

@@ -113,8 +113,14 @@ def test_provisions_config_key_csr_and_removes_token(layout: tuple[Path, Path, P
     assert cn == "gw-rivoli-03"
 
     token_path = etc / "enrolment.token"
-    assert token_path.read_text().strip() == TOKEN
+    token = json.loads(token_path.read_text())
+    assert token["token"] == TOKEN and token["expires"].endswith("Z")
     assert stat.S_IMODE(token_path.stat().st_mode) == 0o600
+    # camera passwords live in the 0600 secrets file; the 0640 config only names them
+    assert "hunter2" not in (etc / "guetteur.yaml").read_text()
+    assert stat.S_IMODE((etc / "guetteur.yaml").stat().st_mode) == 0o640
+    assert yaml.safe_load((etc / "secrets.yaml").read_text()) == {"camera-cam1": "hunter2"}
+    assert stat.S_IMODE((etc / "secrets.yaml").stat().st_mode) == 0o600
 
     # the token and passwords are gone from every file on the FAT partition
     assert not (boot / prov.PROVISION_FILE).exists()
@@ -248,3 +254,99 @@ def test_board_override_is_kept_for_the_agent(layout: tuple[Path, Path, Path]) -
     assert detect_board(model_path=boot / "no-model", board_file=etc / "board").board == (
         "jetson-orin-nano"
     )
+
+
+def test_gateway_id_reserved_for_the_broker_is_refused(
+    layout: tuple[Path, Path, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    boot, etc, state = layout
+    for reserved in ("centre", "Centre-2", "op-bob", "broker"):
+        write(boot, good_file(gateway_id=reserved))
+        assert run_cli(boot, etc, state) == 2
+        out = capsys.readouterr().out
+        assert "gateway_id:" in out and "reserved for the centre's broker identities" in out
+        assert not etc.exists()
+
+
+def test_the_fat_copy_of_the_token_is_overwritten_before_it_is_unlinked(
+    layout: tuple[Path, Path, Path],
+) -> None:
+    """A second name for the provisioning file's inode shows what stays in its clusters."""
+    boot, etc, state = layout
+    write(boot, good_file())
+    witness = boot.parent / "witness"
+    witness.hardlink_to(boot / prov.PROVISION_FILE)
+    size = witness.stat().st_size
+    assert TOKEN.encode() in witness.read_bytes()
+    assert run_cli(boot, etc, state) == 0
+    assert not (boot / prov.PROVISION_FILE).exists()
+    assert witness.read_bytes() == b"\0" * size
+
+
+def test_enrolment_token_goes_once_used_or_expired(layout: tuple[Path, Path, Path]) -> None:
+    from tests.helpers_pki import make_client_cert
+
+    boot, etc, state = layout
+    write(boot, good_file(enrolment_token_ttl_hours=1))
+    assert run_cli(boot, etc, state) == 0
+    token = etc / "enrolment.token"
+    assert prov.retire_enrolment_token(etc) is None and token.exists()  # still needed
+    # the centre signed the CSR: the certificate for our key is installed, the token is used
+    ca = make_ca()
+    key = serialization.load_pem_private_key((etc / "device.key").read_bytes(), None)
+    assert isinstance(key, ec.EllipticCurvePrivateKey)
+    (etc / "device.crt").write_bytes(make_client_cert(ca, key, "gw-rivoli-03").cert_pem)
+    assert prov.retire_enrolment_token(etc) == "used: the device certificate is installed"
+    assert not token.exists()
+    # an unused token expires
+    (etc / "device.crt").unlink()
+    write(boot, good_file(enrolment_token_ttl_hours=1))
+    assert run_cli(boot, etc, state) == 0
+    assert prov.retire_enrolment_token(etc) is None
+    import time
+
+    assert prov.retire_enrolment_token(etc, now=time.time() + 3601) == "expired"
+    assert not token.exists()
+
+
+def test_a_device_certificate_given_up_front_leaves_no_token(
+    layout: tuple[Path, Path, Path],
+) -> None:
+    boot, etc, state = layout
+    ca = make_ca()
+    (boot / "device.pem").write_bytes(make_server_cert_like(ca))
+    write(boot, good_file(device_certificate="device.pem"))
+    assert run_cli(boot, etc, state) == 0
+    assert not (etc / "enrolment.token").exists()
+
+
+def make_server_cert_like(ca: object) -> bytes:
+    from tests.helpers_pki import Issued, make_server_cert
+
+    assert isinstance(ca, Issued)
+    return make_server_cert(ca).cert_pem
+
+
+def test_centre_keys_are_provisioned_and_trusted(layout: tuple[Path, Path, Path]) -> None:
+    from guetteur.uplink.centre_keys import load_trusted_keys
+    from guetteur.uplink.command_auth import key_id
+    from tests.fixtures.signing import make_centre_key
+
+    boot, etc, state = layout
+    old = make_centre_key(boot.parent / "keys", "old")
+    new = make_centre_key(boot.parent / "keys", "new")
+    (boot / "centre-old.pub").write_bytes(old.public_path.read_bytes())
+    write(boot, good_file(centre_keys=["centre-old.pub", new.public_path.read_text()]))
+    assert run_cli(boot, etc, state) == 0
+    config = load_config(etc / "guetteur.yaml")
+    keys, problems = load_trusted_keys(config.commands.trusted_keys)
+    assert problems == []
+    assert {key_id(k) for k in keys} == {
+        key_id(old.private.public_key()),
+        key_id(new.private.public_key()),
+    }
+    write(
+        boot,
+        good_file(centre_keys=["-----BEGIN PUBLIC KEY-----\nnot a key\n-----END PUBLIC KEY-----"]),
+    )
+    assert run_cli(boot, etc, state) == 2

@@ -3,65 +3,28 @@ mutual TLS, identities from certificates, and the per-gateway ACL."""
 
 from __future__ import annotations
 
-import subprocess
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from guetteur.centre.receiver.mqtt import Receiver
-from guetteur.config import MqttConfig, OutboxConfig, TlsConfig
+from guetteur.config import OutboxConfig
 from guetteur.uplink import protocol
 from guetteur.uplink.link import Link
 from guetteur.uplink.mqttutil import configure_tls, new_client
 from guetteur.uplink.outbox.service import Outbox
-from tests.fixtures.broker import MosquittoBroker, free_port
+from tests.fixtures.broker import MosquittoBroker
+from tests.fixtures.shipped_broker import mqtt_config, url
 from tests.recorder import Recorder
 from tests.test_outbox import event
 
-REPO = Path(__file__).resolve().parents[1]
-SHIPPED = REPO / "scripts" / "mosquitto"
 ROOT = protocol.DEFAULT_ROOT
 
 
-@pytest.fixture(scope="module")
-def certs(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("ca")
-    subprocess.run(
-        [str(REPO / "scripts" / "make-test-ca"), str(out), "gw1", "gw2"],
-        check=True,
-        capture_output=True,
-    )
-    return out
-
-
-@pytest.fixture
-def tls_broker(certs: Path, tmp_path: Path) -> Iterator[MosquittoBroker]:
-    """Mosquitto running the shipped config, its paths pointed at the test CA and a free port."""
-    port = free_port()
-    conf = (SHIPPED / "guetteur.conf").read_text()
-    conf = conf.replace("/etc/mosquitto/certs/", f"{certs}/")
-    conf = conf.replace("/etc/mosquitto/guetteur.acl", str(SHIPPED / "guetteur.acl"))
-    conf = conf.replace("listener 8883\n", f"listener {port} 127.0.0.1\n")
-    broker = MosquittoBroker(tmp_path / "mosquitto", port=port, extra_conf=conf, listen=False)
-    broker.start()
-    yield broker
-    broker.stop()
-
-
-def url(broker: MosquittoBroker) -> str:
-    return f"mqtts://127.0.0.1:{broker.port}"
-
-
 def tls_link(broker: MosquittoBroker, certs: Path, gateway: str) -> Link:
-    tls = TlsConfig(
-        ca_file=str(certs / "ca.crt"),
-        cert_file=str(certs / f"{gateway}.crt"),
-        key_file=str(certs / f"{gateway}.key"),
-    )
-    return Link(MqttConfig(url=url(broker), tls=tls, reconnect_max_s=1.0), gateway)
+    return Link(mqtt_config(broker, certs, gateway), gateway)
 
 
 def centre_recorder(broker: MosquittoBroker, certs: Path, topic: str) -> Recorder:

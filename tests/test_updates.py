@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from guetteur.ops import updates
+from guetteur.ops import update_cli, updates
 
 AGENT_SOURCE = textwrap.dedent('''
     """A stand-in agent: reports health the way guetteur.runtime.health.HealthSupervisor does."""
@@ -190,7 +190,7 @@ def test_not_a_bundle_and_cli_inbox(
     forged = rig.bundle("1.1.0", key=Ed25519PrivateKey.generate())
     os.replace(forged, inbox / "forged.gtb")
     parser = argparse.ArgumentParser()
-    updates.add_arguments(parser)
+    update_cli.add_arguments(parser)
     args = parser.parse_args(
         [
             "--inbox",
@@ -206,7 +206,7 @@ def test_not_a_bundle_and_cli_inbox(
             "--json",
         ]
     )
-    assert updates.run(args) == 1
+    assert update_cli.run(args) == 1
     results = json.loads(capsys.readouterr().out)
     codes = {r["bundle"]: r["code"] for r in results}
     assert codes == {"junk.gtb": "update.format", "forged.gtb": "update.signature"}
@@ -232,3 +232,96 @@ def test_verify_only_and_reproducible_bundle(rig: Rig, tmp_path: Path) -> None:
         updates.build_bundle([whl], "3.0.1", rig.key, tmp_path / "d.gtb")
     with pytest.raises(updates.UpdateError, match="not a plain version"):
         updates.build_bundle([whl], "../../etc", rig.key, tmp_path / "c.gtb")
+
+
+def inbox_args(rig: Rig, inbox: Path, supervisor: Path | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    update_cli.add_arguments(parser)
+    argv = ["--inbox", str(inbox), "--releases", str(rig.root), "--public-key", str(rig.pub),
+            "--health-file", str(rig.health), "--restart-command", str(rig.restart),
+            "--health-timeout", "6", "--json"]  # fmt: skip
+    if supervisor is not None:
+        argv += ["--supervisor-key", str(supervisor)]
+    return parser.parse_args(argv)
+
+
+@pytest.mark.slow
+def test_an_older_signed_bundle_is_refused_unless_a_supervisor_allows_that_version(
+    rig: Rig, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from guetteur.ops import rollback
+
+    assert rig.apply(rig.bundle("1.1.0")).status == "installed"
+    assert rig.apply(rig.bundle("1.2.0")).status == "installed"
+    floor = rig.root / rollback.FLOOR_FILE  # in the release root: the agent cannot write it
+    assert json.loads(floor.read_text())["version"] == "1.2.0"
+    # the attack: a genuine, validly signed old release, with the holes 1.2.0 closed
+    old = rig.bundle("1.1.5")
+    with pytest.raises(rollback.RollbackError, match=r"older than 1\.2\.0") as refused:
+        rig.apply(old)
+    assert refused.value.code == "update.rollback" and rig.running_version() == "1.2.0"
+
+    # a downgrade permit: signed by the supervisor's key (not the release key), one version
+    supervisor_priv, supervisor_pub = tmp_path / "sup.key", tmp_path / "sup.pub"
+    updates.generate_signing_key(supervisor_priv, supervisor_pub)
+    supervisor = updates.load_private_key(supervisor_priv)
+    inbox = tmp_path / "updates" / "inbox"
+    inbox.mkdir(parents=True)
+    os.replace(old, inbox / "old.gtb")
+    (inbox / "old.gtb.downgrade").write_bytes(rollback.sign_permit(rig.key, "1.1.5", "test"))
+    assert update_cli.run(inbox_args(rig, inbox, supervisor_pub)) == 1
+    assert json.loads(capsys.readouterr().out)[0]["code"] == "update.permit"  # release key
+    os.replace(tmp_path / "updates" / "done" / "old.refused.gtb", inbox / "old.gtb")
+    (inbox / "old.gtb.downgrade").write_bytes(rollback.sign_permit(supervisor, "1.1.4", "test"))
+    assert update_cli.run(inbox_args(rig, inbox, supervisor_pub)) == 1
+    assert "allows version 1.1.4, not 1.1.5" in capsys.readouterr().out
+    os.replace(tmp_path / "updates" / "done" / "old.refused.gtb", inbox / "old.gtb")
+    (inbox / "old.gtb.downgrade").write_bytes(rollback.sign_permit(supervisor, "1.1.5", "bug 42"))
+    assert update_cli.run(inbox_args(rig, inbox, supervisor_pub)) == 0, capsys.readouterr().out
+    assert rig.running_version() == "1.1.5"
+    assert json.loads(floor.read_text())["version"] == "1.1.5"
+    assert list(inbox.iterdir()) == []  # the permit is used up with its bundle
+
+
+@pytest.mark.slow
+def test_the_helper_never_follows_a_symlink_planted_in_the_inbox(
+    rig: Rig, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The agent owns the inbox. It once made the root helper write into a directory it chose."""
+    updates_dir = tmp_path / "updates"
+    inbox = updates_dir / "inbox"
+    inbox.mkdir(parents=True)
+    chosen = tmp_path / "attacker-chose"  # e.g. /etc/cron.d
+    chosen.mkdir()
+    (updates_dir / "done").symlink_to(chosen)
+    secret = tmp_path / "root-only.txt"
+    secret.write_text("root's secret")
+    (inbox / "steal.gtb").symlink_to(secret)
+    os.replace(rig.bundle("1.0.0"), inbox / "good.gtb")
+    with pytest.raises(Exception):  # noqa: B017 - refused whatever the exception
+        update_cli.process_inbox(inbox, inbox_args(rig, inbox))
+    assert list(chosen.iterdir()) == []  # nothing written where the attacker chose
+    (updates_dir / "done").unlink()
+    results = update_cli.process_inbox(inbox, inbox_args(rig, inbox))
+    by_name = {r["bundle"]: r for r in results}
+    assert by_name["steal.gtb"]["code"] == "update.inbox"
+    assert by_name["good.gtb"]["status"] == "installed"
+    assert list(chosen.iterdir()) == [] and secret.read_text() == "root's secret"
+    # the inbox itself swapped for a symlink: refused as a whole
+    inbox.rename(updates_dir / "real-inbox")
+    inbox.symlink_to(chosen)
+    assert update_cli.run(inbox_args(rig, inbox)) == 1
+    assert "REFUSED" in capsys.readouterr().out
+    # a planted symlink named like the result file is replaced, never written through
+    inbox.unlink()
+    inbox.mkdir()
+    os.replace(rig.bundle("1.0.1"), inbox / "next.gtb")
+    victim = tmp_path / "victim.json"
+    victim.write_text("untouched")
+    (updates_dir / "done" / "next.installed.json").symlink_to(victim)
+    assert update_cli.run(inbox_args(rig, inbox)) == 0
+    assert victim.read_text() == "untouched"
+    assert (
+        json.loads((updates_dir / "done" / "next.installed.json").read_text())["status"]
+        == "installed"
+    )

@@ -36,7 +36,7 @@ TOOLS: dict[str, tuple[str, str]] = {
     "discover": ("guetteur.ops.discover", "find ONVIF cameras on the LAN (WS-Discovery)"),
     "export": ("guetteur.record.export_cli", "export a recorded time range of a camera to MP4"),
     "provision": ("guetteur.ops.provision", "first-boot provisioning from the boot partition"),
-    "update": ("guetteur.ops.updates", "verify and install a signed agent update bundle"),
+    "update": ("guetteur.ops.update_cli", "verify and install a signed agent update bundle"),
 }
 CENTRE_TOOLS: dict[str, tuple[str, str]] = {
     "events": ("guetteur.centre.events", "print events as the centre receives them"),

@@ -22,6 +22,27 @@ from guetteur.timeutil import iso_ms
 
 SYSLOG_IDENTIFIER = "guetteur"
 
+# C0 controls (NUL included), DEL and C1 controls: a message or command can carry them, and a
+# log line must stay one line a technician can read, never a forged second line or a terminal
+# escape. Newlines and tabs become \n and \t too; tracebacks are formatted apart and kept.
+_CONTROL = {c: f"\\x{c:02x}" for c in [*range(0x20), *range(0x7F, 0xA0)]}
+_CONTROL.update({0x0A: "\\n", 0x0D: "\\r", 0x09: "\\t"})
+
+
+def escape_controls(text: str) -> str:
+    return text.translate(_CONTROL)
+
+
+class EscapeControls(logging.Filter):
+    """Escapes control characters in every record's message before any handler formats it."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        escaped = escape_controls(message)
+        if escaped != message or record.args:
+            record.msg, record.args = escaped, None
+        return True
+
 
 class UtcMsFormatter(logging.Formatter):
     """``2026-11-23T10:15:42.123Z WARNING guetteur.uplink.link: message`` (UTC, milliseconds)."""
@@ -64,6 +85,7 @@ def setup_logging(
     if not faulthandler.is_enabled():
         faulthandler.enable(file=sys.stderr, all_threads=True)
     handler = make_handler(env, stream)
+    handler.addFilter(EscapeControls())
     root = logging.getLogger()
     for old in list(root.handlers):
         root.removeHandler(old)

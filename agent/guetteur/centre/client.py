@@ -3,6 +3,12 @@
 Used by every centre tool (events, live, ptz, snapshot, receiver). Commands follow MQTT 5
 request/response: a Response Topic private to this client and Correlation Data matching the reply.
 The tools' shared flags (broker, topic root, TLS files, gateway) are defined here, once.
+
+Gateways run only commands signed by a key they trust (``uplink.command_auth``): a client given
+a ``Signer`` (and the operator and role it signs for) signs every command it sends. The centre
+server signs for its logged-in operators through the same hook; scripts and tests use a key an
+admin issued them (``--signing-key``). The response topic is ``{root}/_reply/{client}/{gateway}``:
+the shipped broker ACL lets each gateway write only the level named after itself.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from guetteur.uplink import messages, protocol
+from guetteur.uplink.command_auth import DEFAULT_LIFETIME_S, ROLES, Signer
 from guetteur.uplink.mqttutil import configure_tls, new_client, parse_broker_url, publish_properties
 
 log = logging.getLogger(__name__)
@@ -61,11 +68,48 @@ def add_gateway_argument(
         )
 
 
+def add_signing_arguments(parser: argparse.ArgumentParser, operator: bool = True) -> None:
+    """``--signing-key``, ``--role`` (and ``--operator`` unless the tool has its own): how a
+    tool that sends commands signs them."""
+    parser.add_argument(
+        "--signing-key",
+        help="Ed25519 private key (PEM) the centre issued to sign commands; gateways refuse "
+        "unsigned commands",
+    )
+    if operator:
+        parser.add_argument(
+            "--operator", help="operator the commands are signed for (default: $USER)"
+        )
+    parser.add_argument(
+        "--role", default="operator", choices=ROLES, help="role signed with the commands"
+    )
+
+
 def client_from_args(args: argparse.Namespace) -> CentreClient:
-    """A client (not yet connected) for the flags of ``add_connection_arguments``; raises
-    ValueError with a sentence for a bad broker URL."""
+    """A client (not yet connected) for the flags of ``add_connection_arguments`` (and of
+    ``add_signing_arguments`` when the tool has them); raises ValueError with a sentence for a
+    bad broker URL or an unusable signing key."""
+    signer = None
+    key_path = getattr(args, "signing_key", None)
+    if key_path:
+        from guetteur.uplink.centre_keys import KeyFileError, load_private_key
+
+        try:
+            signer = Signer(load_private_key(key_path))
+        except KeyFileError as exc:
+            raise ValueError(exc.message) from None
+    import getpass
+
+    operator = getattr(args, "operator", None) or getpass.getuser()
     return CentreClient(
-        args.broker, root=args.root, ca_file=args.ca, cert_file=args.cert, key_file=args.key
+        args.broker,
+        root=args.root,
+        ca_file=args.ca,
+        cert_file=args.cert,
+        key_file=args.key,
+        signer=signer,
+        operator=operator,
+        role=getattr(args, "role", None) or "operator",
     )
 
 
@@ -80,8 +124,18 @@ class CentreClient:
         key_file: str | None = None,
         clean_start: bool = True,
         session_expiry_s: int = 0,
+        signer: Signer | None = None,
+        operator: str | None = None,
+        role: str = "operator",
+        command_lifetime_s: float = DEFAULT_LIFETIME_S,
     ) -> None:
+        """``signer``: signs every command for ``operator`` with ``role`` (the gateway runs only
+        signed commands); ``command_lifetime_s``: how long a command stays valid."""
         self.root = root
+        self.signer = signer
+        self.operator = operator or "centre"
+        self.role = role
+        self.command_lifetime_s = command_lifetime_s
         self.address = parse_broker_url(url)
         self.client_id = client_id or f"centre-{uuid.uuid4().hex[:10]}"
         self._client = new_client(self.client_id)
@@ -91,7 +145,8 @@ class CentreClient:
             configure_tls(self._client, ca_file, cert_file, key_file)
         self._clean_start = clean_start
         self._session_expiry_s = session_expiry_s
-        self._reply_topic = f"{root}/_reply/{self.client_id}"
+        self._reply_area = f"{root}/_reply/{self.client_id}"
+        self._reply_topic = f"{self._reply_area}/#"
         self._pending: dict[bytes, tuple[threading.Event, list[dict[str, Any]]]] = {}
         self._subs: dict[str, tuple[int, Callable[[mqtt.MQTTMessage], None]]] = {}
         self._connected = threading.Event()
@@ -150,17 +205,30 @@ class CentreClient:
     # -- commands ------------------------------------------------------------------------------
 
     def request(
-        self, gateway: str, verb: str, payload: dict[str, Any], timeout: float = 5.0
+        self,
+        gateway: str,
+        verb: str,
+        payload: dict[str, Any],
+        timeout: float = 5.0,
+        *,
+        operator: str | None = None,
+        role: str | None = None,
     ) -> dict[str, Any]:
-        """Send ``cmd/{verb}`` to a gateway and wait for its one reply."""
+        """Send ``cmd/{verb}`` to a gateway and wait for its one reply; signed (with a signer)
+        for ``operator``/``role``, by default this client's (a server signs for each of its
+        logged-in operators through one client)."""
         correlation = uuid.uuid4().bytes
         done = threading.Event()
         box: list[dict[str, Any]] = []
         with self._lock:
             self._pending[correlation] = (done, box)
-        body = {"id": payload.get("id") or uuid.uuid4().hex, **payload}
+        body = {**payload, "id": payload.get("id") or uuid.uuid4().hex}
+        body = self.sign(gateway, verb, body, operator=operator, role=role)
         props = publish_properties(
-            "application/json", {"client_id": self.client_id}, self._reply_topic, correlation
+            "application/json",
+            {"client_id": self.client_id},
+            protocol.Topics(self.root, gateway).reply(self.client_id),
+            correlation,
         )
         topic = f"{self.root}/{gateway}/cmd/{verb}"
         self._client.publish(topic, protocol.dumps(body), qos=1, properties=props)
@@ -171,6 +239,28 @@ class CentreClient:
             with self._lock:
                 self._pending.pop(correlation, None)
         return box[0]
+
+    def sign(
+        self,
+        gateway: str,
+        verb: str,
+        body: dict[str, Any],
+        *,
+        operator: str | None = None,
+        role: str | None = None,
+    ) -> dict[str, Any]:
+        """``body`` signed for ``operator``/``role`` (default: this client's); unchanged without
+        a signer, or when it is signed already (sent as it is)."""
+        if self.signer is None or "auth" in body:
+            return body
+        return self.signer.sign(
+            gateway,
+            verb,
+            body,
+            operator or self.operator,
+            role or self.role,
+            self.command_lifetime_s,
+        )
 
     def _on_reply(self, _c: mqtt.Client, _u: Any, msg: mqtt.MQTTMessage) -> None:
         correlation = getattr(getattr(msg, "properties", None), "CorrelationData", None)

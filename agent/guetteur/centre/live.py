@@ -35,6 +35,7 @@ from guetteur.centre.client import (
     CentreError,
     add_connection_arguments,
     add_gateway_argument,
+    add_signing_arguments,
     client_from_args,
 )
 from guetteur.errors import GuetteurError
@@ -312,6 +313,7 @@ class OutputFiles:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_connection_arguments(parser)
+    add_signing_arguments(parser, operator=False)
     add_gateway_argument(parser)
     parser.add_argument("--camera", required=True, help="camera id")
     parser.add_argument(

@@ -23,6 +23,7 @@ from guetteur.centre.client import (
     CentreError,
     add_connection_arguments,
     add_gateway_argument,
+    add_signing_arguments,
     client_from_args,
 )
 from guetteur.uplink import protocol
@@ -30,6 +31,7 @@ from guetteur.uplink import protocol
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_connection_arguments(parser, broker=LOCAL_BROKER)
+    add_signing_arguments(parser, operator=False)
     add_gateway_argument(parser)
     parser.add_argument("--camera", required=True, help="camera id")
     parser.add_argument("action", choices=protocol.PTZ_ACTIONS, help="what the camera should do")

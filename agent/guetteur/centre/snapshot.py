@@ -23,6 +23,7 @@ from guetteur.centre.client import (
     CentreError,
     add_connection_arguments,
     add_gateway_argument,
+    add_signing_arguments,
     client_from_args,
 )
 from guetteur.uplink import protocol
@@ -32,6 +33,7 @@ from guetteur.uplink.protocol import Topics
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_connection_arguments(parser)
+    add_signing_arguments(parser)
     add_gateway_argument(parser)
     parser.add_argument("--camera", required=True, help="camera id")
     parser.add_argument(

@@ -10,6 +10,7 @@ from guetteur.config.camera import (
     MotionConfig,
     PtzConfig,
 )
+from guetteur.config.commands import CommandsConfig
 from guetteur.config.gateway import (
     DetectionConfig,
     EventsConfig,
@@ -31,6 +32,7 @@ from guetteur.config.loading import (
 __all__ = [
     "SOURCE_SCHEMES",
     "CameraConfig",
+    "CommandsConfig",
     "ConfigError",
     "ConfigSection",
     "DetectFilter",

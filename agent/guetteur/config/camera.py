@@ -207,6 +207,12 @@ class CameraConfig(ConfigSection):
     ptz: PtzConfig | None = Field(
         None, description="How to steer this camera, when it is a PTZ dome"
     )
+    onvif_url: str | None = Field(
+        None,
+        description="The camera's ONVIF device service (http://HOST/onvif/device_service, stream "
+        "credentials), to set and check privacy masks inside the camera; an ONVIF dome's ptz.url "
+        "serves when unset",
+    )
 
     @field_validator("id")
     @classmethod

@@ -9,8 +9,9 @@ from pydantic import Field, field_validator
 
 from guetteur.config.base import ConfigSection
 from guetteur.config.camera import CameraConfig
+from guetteur.config.commands import CommandsConfig
 from guetteur.config.link import MqttConfig
-from guetteur.uplink.protocol import ID_PATTERN
+from guetteur.uplink.protocol import gateway_id_problem
 
 
 class EventsConfig(ConfigSection):
@@ -85,6 +86,9 @@ class LiveConfig(ConfigSection):
         4, ge=1, description="Most live sessions at once on one camera"
     )
     max_sessions: int = Field(8, ge=1, description="Most live sessions at once on the gateway")
+    max_sessions_per_operator: int = Field(
+        2, ge=1, description="Most live sessions one operator holds at once on the gateway"
+    )
     max_bytes_per_s: int | None = Field(
         None, ge=1, description="Bandwidth cap of all live sessions together, bytes per second"
     )
@@ -197,14 +201,16 @@ class GuetteurConfig(ConfigSection):
         default_factory=DetectionConfig, description="Optional TFLite object detector"
     )
     logging: LoggingConfig = Field(default_factory=LoggingConfig, description="Logging")
+    commands: CommandsConfig = Field(
+        default_factory=CommandsConfig, description="Signed commands from the centre, and quotas"
+    )
 
     @field_validator("gateway_id")
     @classmethod
     def _gw(cls, v: str) -> str:
-        if not ID_PATTERN.match(v):
-            raise ValueError(
-                "expected 1-64 letters, digits, '-' or '_', starting with a letter or digit"
-            )
+        problem = gateway_id_problem(v)
+        if problem:
+            raise ValueError(problem)
         return v
 
     @field_validator("cameras")

@@ -2,7 +2,8 @@
 
 Starts a private Mosquitto on a free loopback port, one `test:` camera whose generated scene has a
 person walking across every few seconds, the real agent pipeline, and a centre-side subscriber
-that prints every event it receives from the broker.
+that prints every event it receives from the broker. A throw-away centre signing key is made and
+trusted, and the centre side sends one signed ``status`` command, as the centre server would.
 """
 
 from __future__ import annotations
@@ -36,6 +37,12 @@ def run_demo(seconds: float, stop: threading.Event) -> int:
         print(f"demo: {exc}", file=sys.stderr)
         return 2
     print(f"demo: private broker on {broker.url}, data in {workdir}")
+    from guetteur.uplink.centre_keys import generate_key_pair, load_private_key
+    from guetteur.uplink.command_auth import Signer
+
+    key_id = generate_key_pair(workdir / "centre-signing.key", workdir / "centre-signing.pub")
+    signer = Signer(load_private_key(workdir / "centre-signing.key"))
+    print(f"demo: throw-away centre signing key {key_id}, trusted by the gateway")
     config = validate_config(
         {
             "gateway_id": "demo-gw",
@@ -45,6 +52,7 @@ def run_demo(seconds: float, stop: threading.Event) -> int:
             "cameras": [{"id": "demo-cam", "url": DEMO_CAMERA}],
             "outbox": {"enabled": False},
             "events": {"clips": False},  # clips need the durable outbox and a receiver
+            "commands": {"trusted_keys": [str(workdir / "centre-signing.pub")]},
         },
         "demo config",
     )
@@ -75,7 +83,7 @@ def run_demo(seconds: float, stop: threading.Event) -> int:
         print(f"centre: snapshot for event {event_id}: {len(msg.payload)} bytes JPEG", flush=True)
 
     gateway = Gateway(config)
-    centre = CentreClient(broker.url, client_id="demo-centre")
+    centre = CentreClient(broker.url, client_id="demo-centre", signer=signer, operator="demo")
     try:
         centre.connect()
         root = config.mqtt.root
@@ -88,6 +96,9 @@ def run_demo(seconds: float, stop: threading.Event) -> int:
             ),
         )
         gateway.start()
+        if gateway.link.wait_subscribed(10):
+            reply = centre.request(config.gateway_id, "status", {})
+            print(f"centre: signed status command answered ok={reply['ok']}", flush=True)
         print(
             f"demo: camera demo-cam ({DEMO_CAMERA}): a person walks by every 10 s; "
             f"running {seconds:.0f} s (Ctrl-C stops)",

@@ -170,6 +170,7 @@ class LiveService:
                 f"camera {req.camera} sends {state.stream.codec}; live needs H.264 or H.265",
             )
         session_id = req.session or uuid.uuid4().hex[:16]
+        owner = ctx.principal  # the verified operator: their quota, and only they renew or stop
         topic = self.link.topics.live(req.camera, session_id)
         with self._lock:
             if session_id in self._sessions:
@@ -189,6 +190,13 @@ class LiveService:
                     f"this gateway already has {len(self._sessions)} live sessions (limit "
                     f"{cfg.max_sessions}); stop one first",
                 )
+            mine = sum(1 for s in self._sessions.values() if s.owner == owner)
+            if mine >= cfg.max_sessions_per_operator:
+                raise CommandError(
+                    ErrorCode.LIMIT_REACHED,
+                    f"{owner} already holds {mine} live sessions on this gateway (limit "
+                    f"{cfg.max_sessions_per_operator} per operator); stop one first",
+                )
             if cfg.max_bytes_per_s is not None:
                 used = sum(s.hub.state().bytes_per_s for s in self._sessions.values())
                 if used + state.bytes_per_s > cfg.max_bytes_per_s:
@@ -206,7 +214,8 @@ class LiveService:
                 link=self.link,
                 topic=topic,
                 client_id=ctx.client_id,
-                operator=req.operator,
+                operator=ctx.operator,
+                owner=owner,
                 lease_s=lease,
                 fragment_s=cfg.fragment_s,
                 expires_mono=time.monotonic() + lease,
@@ -215,7 +224,7 @@ class LiveService:
         session.start()
         log.info(
             "live %s: started for %s (operator %s) on camera %s/%s, lease %g s, topic %s",
-            session_id, ctx.client_id, req.operator or "unknown", req.camera, served, lease, topic,
+            session_id, ctx.client_id, ctx.operator or "unknown", req.camera, served, lease, topic,
         )  # fmt: skip
         info = state.stream
         reply: dict[str, Any] = {
@@ -272,10 +281,10 @@ class LiveService:
                 ErrorCode.UNKNOWN_SESSION,
                 f"no live session {session_id} (never started, stopped, or its lease passed)",
             )
-        if session.client_id != ctx.client_id:
+        if session.owner != ctx.principal:
             raise CommandError(
                 ErrorCode.FORBIDDEN,
-                f"live session {session_id} belongs to another client; only it may {verb} it",
+                f"live session {session_id} belongs to another operator; only they may {verb} it",
             )
         return session
 

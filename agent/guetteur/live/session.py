@@ -88,8 +88,10 @@ class LiveSession:
     started_mono: float = field(default_factory=time.monotonic)
     stats: SessionStats = field(default_factory=SessionStats)
     init_id: str | None = None
+    owner: str = ""  # who may renew and stop it: the verified operator (else the client id)
 
     def __post_init__(self) -> None:
+        self.owner = self.owner or self.client_id
         self._queue: deque[EncodedPacket] = deque()
         self._wake = threading.Condition()
         self._stop = threading.Event()

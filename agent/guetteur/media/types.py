@@ -51,6 +51,7 @@ class AnalyticFrame:
     source_size: tuple[int, int] = (0, 0)  # (width, height) of the full-resolution stream
     # Renders the same picture at up to the given width from the full-resolution decoded frame
     # (for snapshots), when the source has it; None: only ``image`` exists (e.g. Pi lores).
+    # Safe to call from any thread: the decoded frame itself is never shared (sources.decode).
     render: Callable[[int], np.ndarray] | None = field(default=None, repr=False, compare=False)
 
 

@@ -5,7 +5,10 @@ Checks, in order: config valid; board profile; each camera streams through its o
 own client set-up (TLS and the certificates' expiry, then a real MQTT CONNECT:
 :mod:`guetteur.ops.checks.broker`); clock synchronised, data dir free space and sequential write
 speed, permissions (data dir, device key, serial and video devices), hardware watchdog
-(:mod:`guetteur.ops.checks.host`). Cameras and broker are checked in parallel.
+(:mod:`guetteur.ops.checks.host`); for cameras with privacy masks, that the camera itself
+confirms them (ONVIF Media2, :mod:`guetteur.onvif.masks`: FAIL when it cannot, since live,
+recordings and exports are the camera's own video); an enrolment token that was used or expired
+is deleted. Cameras and broker are checked in parallel.
 
 Exit code: 0 when no line is FAIL (WARN lines are advice), 1 when any line is FAIL, 2 when the
 config cannot be read at all. ``--strict`` also fails on WARN. ``--json`` prints the same report
@@ -22,11 +25,13 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
 from pathlib import Path
 
-from guetteur.config import ConfigError, GuetteurConfig, load_config
+from guetteur.config import CameraConfig, ConfigError, GuetteurConfig, load_config
+from guetteur.onvif.masks import sync_masks
 from guetteur.ops.checks.broker import check_broker
 from guetteur.ops.checks.cameras import probe_camera
 from guetteur.ops.checks.host import check_clock, check_disk, check_permissions, check_watchdog
 from guetteur.ops.checks.report import Check, exit_code, format_report
+from guetteur.ops.enrolment import retire_enrolment_token
 from guetteur.timeutil import iso_ms
 
 
@@ -72,16 +77,51 @@ def run_checks(
         min_free, wd = 2_000_000_000, "/dev/watchdog0"
         checks.append(Check("board", "?", "WARN", str(exc), "set the board explicitly"))
     cams = [c for c in config.cameras if c.enabled]
+    masked = [c for c in cams if c.privacy_masks]
     with ThreadPoolExecutor(max_workers=max(1, min(8, len(cams) + 1))) as pool:
         cam_futures = [pool.submit(probe_camera, c, camera_timeout_s, sample_s) for c in cams]
+        mask_futures = [pool.submit(check_privacy_masks, c, camera_timeout_s) for c in masked]
         broker_future = pool.submit(check_broker, config, camera_timeout_s)
         checks += [f.result() for f in cam_futures]
+        checks += [f.result() for f in mask_futures]
         checks += broker_future.result()
     checks.append(check_clock())
     checks += check_disk(Path(config.data_dir), len(cams), min_free, write_mb)
     checks += check_permissions(config, config_path)
     checks.append(check_watchdog(wd))
+    try:
+        retired = retire_enrolment_token(config_path.parent)
+    except OSError as exc:
+        retired = None
+        checks.append(
+            Check(
+                "enrolment token",
+                str(config_path.parent),
+                "WARN",
+                f"used or expired, but could not be deleted: {exc.strerror}",
+                "run `guetteur doctor` as root once",
+            )
+        )
+    if retired is not None:
+        checks.append(
+            Check("enrolment token", str(config_path.parent), "PASS", f"deleted: {retired}")
+        )
     return checks
+
+
+def check_privacy_masks(camera: CameraConfig, timeout_s: float) -> Check:
+    """Reads the camera's masks back (doctor never changes the camera: the agent pushes them)."""
+    status = sync_masks(camera, timeout_s, push=False)
+    if status.confirmed:
+        return Check("privacy masks", camera.id, "PASS", status.detail)
+    return Check(
+        "privacy masks",
+        camera.id,
+        "FAIL",
+        status.detail,
+        "live, recordings and exports show what the camera films: set onvif_url (a camera with "
+        "ONVIF Media2 masks) and start the agent, or draw the masks in the camera's own settings",
+    )
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

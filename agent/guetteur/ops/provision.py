@@ -7,9 +7,18 @@ partition of a freshly flashed card. On first boot ``guetteur-provision.service`
 2. build the agent config and validate it with :func:`guetteur.config.validate_config`;
 3. generate the device key (EC P-256, mode 0600) unless one exists, and a CSR for it;
 4. commit: every file is written under a temporary name and renamed into ``/etc/guetteur``;
+   secrets never go into the 0640 config: camera passwords go to ``secrets.yaml`` (0600, the
+   config names them ``${secret:...}``), the enrolment token to ``enrolment.token`` (0600, with
+   its expiry; not kept at all when the device certificate came with the file);
 5. rewrite the provisioning file on the FAT partition without the token, as
-   ``guetteur-provision.applied.yaml`` (so the unit does not run again), removing the original;
+   ``guetteur-provision.applied.yaml`` (so the unit does not run again), and remove the original
+   after overwriting its bytes (FAT has no copy-on-write: the token's clusters are zeroed);
 6. mark done: ``/var/lib/guetteur/.provisioned``.
+
+The enrolment token is retired (overwritten, then deleted) once the gateway holds a device
+certificate for its key, or once it expired: :func:`retire_enrolment_token`, run by provisioning
+and by ``guetteur doctor``. The centre's command-signing public keys (``centre_keys``) are
+written to ``centre-keys.pem``, which ``commands.trusted_keys`` names.
 
 Nothing is written before everything validated; a crash in steps 4-6 leaves the original file in
 place, and the next boot applies it again (the device key is reused, so the CSR stays valid).
@@ -24,137 +33,39 @@ import logging
 import os
 import pwd
 import tempfile
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import yaml
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 
-from guetteur.config import ConfigError, validate_config, validation_problems
-from guetteur.errors import GuetteurError
+from guetteur.config import ConfigError, validate_config
+from guetteur.ops.enrolment import CERT_FILE, KEY_FILE, TOKEN_FILE, overwrite_and_unlink
+from guetteur.ops.enrolment import retire_enrolment_token as retire_enrolment_token
+from guetteur.ops.provision_file import PROVISION_FILE as PROVISION_FILE
+from guetteur.ops.provision_file import DiscoverCredentials as DiscoverCredentials
+from guetteur.ops.provision_file import ProvisionError as ProvisionError
+from guetteur.ops.provision_file import ProvisionFile as ProvisionFile
+from guetteur.ops.provision_file import parse_provision_text as parse_provision_text
 from guetteur.timeutil import iso_ms
-from guetteur.uplink.protocol import ID_PATTERN
+from guetteur.uplink.centre_keys import KeyFileError, parse_public_keys, public_pem
 
 log = logging.getLogger(__name__)
 
-PROVISION_FILE = "guetteur-provision.yaml"
 APPLIED_FILE = "guetteur-provision.applied.yaml"
 CONFIG_FILE = "guetteur.yaml"
 CA_FILE = "ca.pem"
-KEY_FILE = "device.key"
 CSR_FILE = "device.csr"
-CERT_FILE = "device.crt"
-TOKEN_FILE = "enrolment.token"
+SECRETS_FILE = "secrets.yaml"
+CENTRE_KEYS_FILE = "centre-keys.pem"
 DONE_MARKER = ".provisioned"
 BOARD_FILE = "board"  # read by guetteur.ops.hwprofile.detect_board (/etc/guetteur/board)
-
-
-class ProvisionError(GuetteurError):
-    """Provisioning refused; ``problems`` are ``key.path: sentence`` lines a technician can act on."""
-
-    def __init__(self, code: str, problems: list[str]) -> None:
-        super().__init__(code, "; ".join(problems))
-        self.problems = problems
-
-    def __str__(self) -> str:
-        return f"{self.code}: {self.message}"
-
-    def report(self) -> str:
-        lines = [f"provisioning refused ({self.code}): {len(self.problems)} problem(s)"]
-        lines += [f"  {p}" for p in self.problems]
-        lines.append("  nothing was changed; fix the file on the boot partition and reboot")
-        return "\n".join(lines)
-
-
-class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class ProvisionCamera(_Model):
-    id: str = Field(description="Camera id (letters, digits, '-', '_')")
-    url: str = Field(description="Stream URL (rtsp://...)")
-    sub_url: str | None = Field(None, description="Sub-stream URL")
-    username: str | None = Field(None, description="Stream user")
-    password: SecretStr | None = Field(None, description="Stream password")
-
-
-class DiscoverCredentials(_Model):
-    username: str | None = Field(None, description="ONVIF user for GetStreamUri")
-    password: SecretStr | None = Field(None, description="ONVIF password")
-
-
-class ProvisionFile(_Model):
-    version: int = Field(1, description="Format version of this file (1)")
-    gateway_id: str = Field(description="This gateway's id, as the centre knows it")
-    site: str | None = Field(None, description="Free-text site name shown to operators")
-    broker_url: str = Field(
-        description="Centre broker: mqtts://HOST:PORT (or mqtt:// on a lab bench)"
-    )
-    ca_certificate: str | None = Field(
-        None, description="CA certificate: a file name on the boot partition or inline PEM"
-    )
-    device_certificate: str | None = Field(
-        None,
-        description="Pre-issued device certificate (file name or PEM), when the centre issues it ahead",
-    )
-    enrolment_token: SecretStr | None = Field(
-        None, description="One-time enrolment token from the centre"
-    )
-    cameras: list[ProvisionCamera] | str = Field(description="Cameras, or the word 'discover'")
-    discover: DiscoverCredentials | None = Field(
-        None, description="Credentials used when cameras is 'discover'"
-    )
-    board: str | None = Field(
-        None, description="Board profile override (rpi4, rpi5, jetson-orin-nano, generic-x86)"
-    )
-
-    @field_validator("version")
-    @classmethod
-    def _version(cls, v: int) -> int:
-        if v != 1:
-            raise ValueError(
-                "only version 1 is known; this gateway software is older than the file"
-            )
-        return v
-
-    @field_validator("gateway_id")
-    @classmethod
-    def _gw(cls, v: str) -> str:
-        if not ID_PATTERN.match(v):
-            raise ValueError(
-                "expected 1-64 letters, digits, '-' or '_', starting with a letter or digit"
-            )
-        return v
-
-    @field_validator("broker_url")
-    @classmethod
-    def _url(cls, v: str) -> str:
-        try:
-            parts = urlsplit(v)
-            port = parts.port
-        except ValueError:
-            raise ValueError(
-                f"{v!r} does not parse as a URL (expected mqtts://HOST:PORT)"
-            ) from None
-        if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
-            raise ValueError(f"{v!r}: expected mqtts://HOST:PORT or mqtt://HOST:PORT")
-        if port == 0:
-            raise ValueError(f"{v!r}: port 0 is not a broker port")
-        return v
-
-    @field_validator("cameras")
-    @classmethod
-    def _cameras(cls, v: list[ProvisionCamera] | str) -> list[ProvisionCamera] | str:
-        if isinstance(v, str) and v != "discover":
-            raise ValueError("expected a list of cameras or the word 'discover'")
-        return v
 
 
 @dataclass
@@ -166,30 +77,6 @@ class ProvisionPlan:
     files: dict[str, tuple[bytes, int]] = field(default_factory=dict)  # name → (content, mode)
     cameras: int = 0
     key_reused: bool = False
-
-
-def _pydantic_problems(exc: ValidationError) -> list[str]:
-    return validation_problems(
-        exc,
-        unknown="unknown key (check the spelling against docs/technician.md)",
-        skip=frozenset({"list[ProvisionCamera]", "str"}),  # union branch names, not keys
-    )
-
-
-def parse_provision_text(text: str, source: str = PROVISION_FILE) -> ProvisionFile:
-    """Parse and validate the provisioning YAML. Raises ProvisionError listing every problem."""
-    try:
-        raw = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise ProvisionError("provision.syntax", [f"{source}: not valid YAML: {exc}"]) from None
-    if not isinstance(raw, dict):
-        raise ProvisionError(
-            "provision.invalid", [f"{source}: expected a mapping of keys to values"]
-        )
-    try:
-        return ProvisionFile.model_validate(raw)
-    except ValidationError as exc:
-        raise ProvisionError("provision.invalid", _pydantic_problems(exc)) from None
 
 
 def _read_pem(value: str, boot_dir: Path, key: str, problems: list[str]) -> bytes | None:
@@ -292,6 +179,7 @@ def plan_provisioning(
             files[CERT_FILE] = (pem, 0o644)
 
     cameras: list[dict[str, Any]] = []
+    secrets: dict[str, str] = {}
     if isinstance(prov.cameras, str):
         if discover_cameras is None:
             problems.append("cameras: 'discover' needs the network, which is not available here")
@@ -312,6 +200,23 @@ def plan_provisioning(
             if cam.password is not None:
                 entry["password"] = cam.password.get_secret_value()
             cameras.append(entry)
+    for entry in cameras:  # clear-text passwords go to the 0600 secrets file, never the config
+        if isinstance(entry.get("password"), str):
+            name = f"camera-{entry['id']}"
+            secrets[name] = entry["password"]
+            entry["password"] = "${secret:" + name + "}"
+
+    trusted: list[bytes] = []
+    for n, value in enumerate(prov.centre_keys):
+        pem = _read_pem(value, boot_dir, f"centre_keys[{n}]", problems)
+        if pem is None:
+            continue
+        try:
+            trusted += [public_pem(k) for k in parse_public_keys(pem, f"centre_keys[{n}]")]
+        except KeyFileError as exc:
+            problems.append(f"centre_keys[{n}]: {exc.message}")
+    if trusted:
+        files[CENTRE_KEYS_FILE] = (b"".join(trusted), 0o644)
 
     if prov.board and prov.board != "auto":
         from guetteur.ops.hwprofile import available_profiles
@@ -335,8 +240,14 @@ def plan_provisioning(
     )
     files[KEY_FILE] = (key_pem, 0o600)
     files[CSR_FILE] = (make_csr(key, prov.gateway_id, prov.site), 0o644)
-    if prov.enrolment_token is not None:
-        files[TOKEN_FILE] = (prov.enrolment_token.get_secret_value().encode() + b"\n", 0o600)
+    if prov.enrolment_token is not None and CERT_FILE not in files:
+        token = {
+            "token": prov.enrolment_token.get_secret_value(),
+            "expires": iso_ms(time.time() + prov.enrolment_token_ttl_hours * 3600),
+        }
+        files[TOKEN_FILE] = (json.dumps(token).encode() + b"\n", 0o600)
+    if secrets:
+        files[SECRETS_FILE] = (yaml.safe_dump(secrets, allow_unicode=True).encode(), 0o600)
 
     mqtt: dict[str, Any] = {"url": prov.broker_url}
     if tls or CERT_FILE in files:
@@ -352,8 +263,20 @@ def plan_provisioning(
     }
     if prov.site:
         config["site"] = prov.site
+    if secrets:
+        config["secrets_file"] = str(etc_dir / SECRETS_FILE)
+    if trusted:
+        config["commands"] = {"trusted_keys": [str(etc_dir / CENTRE_KEYS_FILE)]}
+    # validated as the agent will see it: the secrets file's values in place of the references
+    resolved = {k: v for k, v in config.items() if k != "secrets_file"}
+    resolved["cameras"] = [
+        {**c, "password": secrets.get(f"camera-{c['id']}", c.get("password"))}
+        if "password" in c
+        else c
+        for c in cameras
+    ]
     try:
-        validate_config(config, "generated config")
+        validate_config(resolved, "generated config")
     except ConfigError as exc:
         problems += [f"(generated config) {p}" for p in exc.problems]
     if problems:
@@ -430,7 +353,8 @@ def apply_plan(
     etc_dir.mkdir(parents=True, exist_ok=True)
     state_dir.mkdir(parents=True, exist_ok=True)
     # The key first: a config pointing at a missing key would be worse than the reverse.
-    order = [KEY_FILE, CSR_FILE, CA_FILE, CERT_FILE, TOKEN_FILE, BOARD_FILE, CONFIG_FILE]
+    order = [KEY_FILE, CSR_FILE, CA_FILE, CERT_FILE, TOKEN_FILE, SECRETS_FILE, CENTRE_KEYS_FILE]
+    order += [BOARD_FILE, CONFIG_FILE]
     for name in order:
         if name in plan.files:
             content, mode = plan.files[name]
@@ -447,8 +371,9 @@ def apply_plan(
         + yaml.safe_dump(raw, sort_keys=False, allow_unicode=True)
     )
     _write_atomic(boot_dir / APPLIED_FILE, applied.encode(), 0o644, None)
-    prov_path.unlink()
+    overwrite_and_unlink(prov_path)
     _fsync_dir(boot_dir)
+    retire_enrolment_token(etc_dir)
 
     marker = {
         "gateway_id": plan.source.gateway_id,
@@ -473,9 +398,9 @@ def _scrub_secrets(node: Any, etc_dir: Path) -> Any:
         out = {}
         for k, v in node.items():
             if k == "enrolment_token":
-                out[k] = f"(removed at provisioning; kept in {etc_dir / TOKEN_FILE})"
+                out[k] = f"(removed at provisioning; kept in {etc_dir / TOKEN_FILE} until used)"
             elif k == "password":
-                out[k] = f"(removed at provisioning; kept in {etc_dir / CONFIG_FILE})"
+                out[k] = f"(removed at provisioning; kept in {etc_dir / SECRETS_FILE})"
             else:
                 out[k] = _scrub_secrets(v, etc_dir)
         return out

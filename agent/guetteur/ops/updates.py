@@ -19,7 +19,6 @@ This runs as root in ``guetteur-update.service``; the agent itself never writes 
 
 from __future__ import annotations
 
-import argparse
 import base64
 import hashlib
 import io
@@ -43,6 +42,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from guetteur.errors import GuetteurError
+from guetteur.ops import rollback
 from guetteur.runtime.health import read_health_file
 from guetteur.timeutil import iso_ms
 
@@ -398,8 +398,12 @@ def apply_bundle(
     restart_command: str,
     health_timeout_s: float = 120.0,
     installer: Installer | None = None,
+    supervisor_key: Ed25519PublicKey | None = None,
+    permit: bytes | None = None,
 ) -> UpdateResult:
-    """Verify, install, switch, restart, wait; roll back when the new release is not healthy."""
+    """Verify, install, switch, restart, wait; roll back when the new release is not healthy.
+    A bundle older than the anti-rollback floor or the running release is refused unless
+    ``permit`` is a supervisor-signed downgrade permit for its exact version (ops.rollback)."""
     installer = installer or venv_installer()
     releases = root / "releases"
     releases.mkdir(parents=True, exist_ok=True)
@@ -409,6 +413,15 @@ def apply_bundle(
         target = releases / verified.version
         if previous is not None and previous == target.resolve():
             raise UpdateError("update.same", f"version {verified.version} is already running")
+        running = _release_version(None, previous) if previous is not None else None
+        allowed = rollback.check_direction(
+            verified.version, rollback.read_floor(root), running, permit, supervisor_key
+        )
+        if allowed is not None:
+            log.warning(
+                "update %s: going back from %s, allowed by a supervisor's permit (%s)",
+                verified.version, running, allowed.reason,
+            )  # fmt: skip
         # Installed in place under its final name (a venv's scripts carry absolute paths, so it
         # cannot be renamed afterwards); `current` only points at it once it is complete.
         if target.exists():  # a failed earlier attempt of the same version
@@ -431,6 +444,7 @@ def apply_bundle(
     switch_current(root, target)
     run_hook(restart_command)
     if wait_healthy(health_file, verified.version, since, health_timeout_s):
+        rollback.write_floor(root, verified.version)  # the floor moves only to what works
         _prune(releases, keep={target, previous})
         msg = f"updated to {verified.version}; the agent reported healthy"
         log.info(msg)
@@ -478,93 +492,3 @@ def _prune(releases: Path, keep: set[Path | None]) -> None:
             kept.add(d.resolve())
             continue
         shutil.rmtree(d, ignore_errors=True)
-
-
-# ---------------------------------------------------------------------------------------------
-# CLI
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("bundle", nargs="?", type=Path, help="a signed bundle (*.gtb) to apply")
-    parser.add_argument("--inbox", type=Path, help="apply every *.gtb found in this directory")
-    parser.add_argument(
-        "--releases",
-        type=Path,
-        default=Path("/opt/guetteur"),
-        help="release root holding releases/ and the current link",
-    )
-    parser.add_argument(
-        "--public-key",
-        type=Path,
-        default=Path("/usr/share/guetteur/update-signing.pub"),
-        help="Ed25519 public key (PEM) the bundle must be signed with",
-    )
-    parser.add_argument("--health-file", type=Path, default=Path("/run/guetteur/health.json"))
-    parser.add_argument("--restart-command", default="systemctl restart guetteur.service")
-    parser.add_argument(
-        "--health-timeout",
-        type=float,
-        default=120.0,
-        help="seconds the new release has to report healthy before rollback",
-    )
-    parser.add_argument(
-        "--verify-only", action="store_true", help="check the bundle, install nothing"
-    )
-    parser.add_argument("--json", action="store_true", help="print results as JSON")
-
-
-def _process(path: Path, args: argparse.Namespace) -> dict[str, object]:
-    try:
-        key = load_public_key(args.public_key)
-        if args.verify_only:
-            with tempfile.TemporaryDirectory() as work:
-                v = verify_bundle(path, key, Path(work))
-            return {
-                "bundle": path.name,
-                "status": "verified",
-                "version": v.version,
-                "message": f"{path.name}: signature and hashes good (version {v.version})",
-            }
-        r = apply_bundle(
-            path, args.releases, key, args.health_file, args.restart_command, args.health_timeout
-        )
-        return {
-            "bundle": path.name,
-            "status": r.status,
-            "version": r.version,
-            "previous": r.previous,
-            "message": r.message,
-        }
-    except UpdateError as exc:
-        log.error("update %s refused: %s", path.name, exc.message)
-        return {"bundle": path.name, "status": "refused", "code": exc.code, "message": exc.message}
-
-
-def run(args: argparse.Namespace) -> int:
-    results: list[dict[str, object]] = []
-    if args.inbox is not None:
-        done = args.inbox.parent / "done"
-        done.mkdir(parents=True, exist_ok=True)
-        for path in sorted(args.inbox.glob("*.gtb")):
-            result = _process(path, args)
-            result["time"] = iso_ms()
-            results.append(result)
-            # out of the inbox either way, so the path unit does not loop on a refused bundle
-            stem = f"{path.stem}.{result['status']}"
-            os.replace(path, done / f"{stem}.gtb")
-            (done / f"{stem}.json").write_text(json.dumps(result, indent=2) + "\n")
-    elif args.bundle is not None:
-        results.append(_process(args.bundle, args))
-    else:
-        print("give a bundle or --inbox DIR")
-        return 2
-    if args.json:
-        print(json.dumps(results, indent=2))
-    else:
-        for r in results:
-            print(
-                f"{r['status'].upper() if isinstance(r['status'], str) else r['status']}: "
-                f"{r['message']}"
-            )
-    ok = all(r["status"] in ("installed", "verified") for r in results)
-    return 0 if ok else 1

@@ -46,8 +46,13 @@ class PtzCommand(BaseModel):
     zoom: float | None = Field(None, allow_inf_nan=False, description=PTZ_FIELD_HELP["zoom"])
     speed: float | None = Field(None, allow_inf_nan=False, description=PTZ_FIELD_HELP["speed"])
     preset: int | None = Field(None, description=PTZ_FIELD_HELP["preset"])
-    operator: str | None = Field(None, min_length=1, max_length=64, description="Who steers")
-    priority: int = Field(0, ge=0, le=100, description="Higher pre-empts a lower holder")
+    # Ignored in signed commands (the signature names the operator; the role gives priority):
+    operator: str | None = Field(
+        None, min_length=1, max_length=64, description="Who steers (unsigned, in-process only)"
+    )
+    priority: int = Field(
+        0, ge=0, le=100, description="Higher pre-empts a lower holder (unsigned, in-process only)"
+    )
 
 
 _Lines = dict[str, SerialLine]
@@ -135,12 +140,14 @@ class PtzService:
     # --- commands --------------------------------------------------------------------------------
     def handle(self, ctx: CommandContext, cmd: PtzCommand) -> dict[str, Any]:
         started = time.monotonic()
-        operator = cmd.operator or ctx.client_id
+        operator = ctx.operator or ctx.client_id  # signed, when the gateway verifies
+        priority = ctx.priority if ctx.priority is not None else cmd.priority
         record: dict[str, Any] = {
             "camera": cmd.camera,
             "operator": operator,
+            "role": ctx.role,
             "client_id": ctx.client_id,
-            "priority": cmd.priority,
+            "priority": priority,
             "request_id": ctx.request_id,
             "pan": cmd.pan,
             "tilt": cmd.tilt,
@@ -149,7 +156,7 @@ class PtzService:
             "preset": cmd.preset,
         }
         try:
-            reply = self._execute(cmd, operator, record)
+            reply = self._execute(cmd, operator, priority, record)
         except GuetteurError as exc:  # refused: the dispatcher replies with its code
             record.update(outcome=exc.code, message=exc.message)
             self._record(f"ptz.{cmd.action}", record, started)
@@ -166,7 +173,9 @@ class PtzService:
         except Exception:  # an audit failure must not turn an executed move into an error
             log.exception("could not hand the audit record of %s to the publisher", action)
 
-    def _execute(self, cmd: PtzCommand, operator: str, record: dict[str, Any]) -> dict[str, Any]:
+    def _execute(
+        self, cmd: PtzCommand, operator: str, priority: int, record: dict[str, Any]
+    ) -> dict[str, Any]:
         cam = self._cameras.get(cmd.camera)
         if cam is None:
             known = ", ".join(sorted(self._cameras)) or "none"
@@ -198,7 +207,7 @@ class PtzService:
                 ErrorCode.TIMEOUT, f"camera {cam.id} is busy with a command that has not finished"
             )
         try:
-            grant = self._arbiter.acquire(cam.id, operator, cmd.priority, command)
+            grant = self._arbiter.acquire(cam.id, operator, priority, command)
             if grant.preempted:
                 record["preempted"] = grant.preempted
                 log.info("ptz camera %s: %s takes over from %s", cam.id, operator, grant.preempted)
@@ -209,7 +218,7 @@ class PtzService:
             "camera": cam.id,
             "action": command.action,
             "operator": operator,
-            "priority": cmd.priority,
+            "priority": priority,
             "held_for_s": cam.ptz.hold_s,
         }
         if command.action in PTZ_CONTINUOUS:

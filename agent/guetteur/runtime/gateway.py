@@ -29,16 +29,17 @@ from guetteur.analytics.events import EventUpdate, encode_jpeg
 from guetteur.config import CameraConfig, GuetteurConfig
 from guetteur.live.hub import LiveHub
 from guetteur.live.service import LiveService
+from guetteur.onvif.masks import PrivacyMaskService
 from guetteur.ptz.service import PtzService
 from guetteur.record.clips import EventClipper, ExportService
 from guetteur.record.writer import Recorder
 from guetteur.runtime.camera_worker import CameraWorker
+from guetteur.runtime.command_path import build_command_path
 from guetteur.runtime.health import HealthSupervisor
 from guetteur.sources import open_source
 from guetteur.timeutil import clock_synchronised, iso_ms
 from guetteur.uplink import messages, protocol
-from guetteur.uplink.audit import AuditTrail
-from guetteur.uplink.commands import CommandContext, CommandDispatcher, CommandError
+from guetteur.uplink.commands import CommandContext, CommandError
 from guetteur.uplink.link import DirectPublisher, Link
 from guetteur.uplink.outbox.service import Outbox
 from guetteur.uplink.publish import OutboundItem, Priority, Publisher
@@ -54,15 +55,23 @@ class Gateway:
         self.started_at = time.time()
         self.data_dir = Path(config.data_dir)
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        self.link = Link(config.mqtt, config.gateway_id)
+        cmds = config.commands
+        self.link = Link(
+            config.mqtt,
+            config.gateway_id,
+            command_workers=cmds.gateway_workers,
+            reply_prefix=cmds.reply_prefix,
+            camera_queue=cmds.camera_queue,
+        )
         self.outbox: Outbox | None = None
         if config.outbox.enabled:  # durable: items leave only when the centre acknowledges them
             self.outbox = Outbox(config.outbox, self.data_dir, self.link, config.gateway_id)
         self.publisher: Publisher = self.outbox or DirectPublisher(self.link)
-        self.audit = AuditTrail(self.publisher, config.gateway_id)
-        self.dispatcher = CommandDispatcher(self.audit)
-        self.link.dispatcher = self.dispatcher
         self._warnings: list[str] = []
+        self.audit, self.dispatcher = build_command_path(
+            config, self.publisher, self.outbox, self.data_dir, self._warnings
+        )
+        self.link.dispatcher = self.dispatcher
         self.detector_worker: DetectorWorker | None = None
         try:
             detector = load_detector(config.detection)
@@ -114,10 +123,16 @@ class Gateway:
             self.live_sub_hubs,
         )
         self.live.register(self.dispatcher)
+        self.privacy = PrivacyMaskService(
+            self.workers_config(), on_change=lambda st: self._camera_changed(st.camera)
+        )
         self.ptz = PtzService(self.workers_config(), self.audit)
         self.ptz.register(self.dispatcher)
         self.dispatcher.register("snapshot", SnapshotRequest, self._cmd_snapshot)
-        self.dispatcher.register("status", StatusRequest, self._cmd_status, audited=False)
+        self.dispatcher.register(
+            "status", StatusRequest, self._cmd_status, audited=False, record_before=False
+        )
+        self.link.lanes.set_cameras(self.workers)
         self.link.add_connect_listener(self._on_link_up)
         self._stop = threading.Event()
 
@@ -138,6 +153,7 @@ class Gateway:
             self.outbox.start()
         self.link.start()
         self.ptz.start()
+        self.privacy.start()
         for worker in self.workers.values():
             worker.start()
 
@@ -153,6 +169,7 @@ class Gateway:
         if self.detector_worker is not None:
             self.detector_worker.close(1.0)
         self.ptz.close()  # stops any camera still moving
+        self.privacy.close()
         self.live.close()
         for closing in (self.exports, self.clipper):  # they share the recorder's index
             if closing is not None:
@@ -210,6 +227,8 @@ class Gateway:
                     update.camera, update.event_id, update.start_wall, update.end_wall
                 )
         message = messages.event(update, self.config.gateway_id)
+        if self.privacy.unverified(update.camera):  # the camera's own video may show them
+            message["privacy_unverified"] = True
         self.publisher.submit(
             OutboundItem(
                 item_id=update.message_id,
@@ -272,13 +291,21 @@ class Gateway:
     def publish_status(self) -> None:
         self.link.publish_json(self.link.topics.status, self.status_message(), qos=1, retain=True)
 
+    def camera_status_message(self, worker: CameraWorker) -> dict[str, Any]:
+        return {**worker.status_message(), **self.privacy.status_fields(worker.camera.id)}
+
     def publish_camera_status(self, worker: CameraWorker) -> None:
         self.link.publish_json(
             self.link.topics.camera_status(worker.camera.id),
-            worker.status_message(),
+            self.camera_status_message(worker),
             qos=1,
             retain=True,
         )
+
+    def _camera_changed(self, camera: str) -> None:
+        worker = self.workers.get(camera)
+        if worker is not None:
+            self.publish_camera_status(worker)
 
     def _on_link_up(self) -> None:
         self.publish_status()
@@ -331,7 +358,7 @@ class Gateway:
     def _cmd_status(self, _ctx: CommandContext, _req: StatusRequest) -> dict[str, Any]:
         return {
             "gateway": self.status_message(),
-            "cameras": [w.status_message() for w in self.workers.values()],
+            "cameras": [self.camera_status_message(w) for w in self.workers.values()],
         }
 
 

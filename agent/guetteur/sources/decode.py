@@ -8,6 +8,7 @@ docs/sources.md (``bench/source_decode.py``).
 from __future__ import annotations
 
 import math
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from fractions import Fraction
@@ -15,6 +16,7 @@ from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
+from av.video.reformatter import VideoReformatter
 
 from guetteur.media.bitstream import first_slice, is_annexb
 from guetteur.media.types import StreamInfo
@@ -48,10 +50,28 @@ def frame_to_bgr(frame: av.VideoFrame, size: tuple[int, int]) -> np.ndarray:
 def renderer(frame: av.VideoFrame) -> Callable[[int], np.ndarray]:
     """Renders ``frame`` — the decoded picture at the stream's own resolution — as BGR at most
     ``width`` wide, on demand: snapshots come from the full picture, not the small analytic one,
-    and only the few frames that become snapshots pay for the conversion."""
+    and only the few frames that become snapshots pay for the conversion.
+
+    The render may be called from several threads at once (the analysis thread for an event's
+    snapshot, command workers for ``snapshot`` commands). A PyAV frame keeps one libswscale
+    context of its own, and two threads scaling the same frame crash the process (SIGSEGV), so
+    the frame never leaves this closure: one render at a time, each with its own reformatter,
+    and every caller gets its own copy of the pixels (the last one is kept for the next)."""
+    lock = threading.Lock()
+    done: dict[int, np.ndarray] = {}
 
     def render(width: int) -> np.ndarray:
-        return frame_to_bgr(frame, analytic_size(frame.width, frame.height, width))
+        with lock:
+            image = done.get(width)
+            if image is None:
+                size = analytic_size(frame.width, frame.height, width)
+                scaled = VideoReformatter().reformat(
+                    frame, width=size[0], height=size[1], format="bgr24", interpolation="AREA"
+                )
+                image = np.ascontiguousarray(scaled.to_ndarray())
+                done.clear()
+                done[width] = image
+            return image.copy()
 
     return render
 

@@ -28,6 +28,7 @@ import binascii
 import hashlib
 import json
 import os
+import re
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -192,6 +193,8 @@ class NonceMemory:
 
 
 _AUTH_KEYS = ("operator", "role", "issued_at", "expires_at", "nonce", "key_id", "sig")
+_NONCE = re.compile(r"^[0-9a-f]{16,64}$")
+MAX_OPERATOR_CHARS = 128
 
 
 class Verifier:
@@ -226,6 +229,12 @@ class Verifier:
             raise AuthError(
                 AuthCode.MALFORMED,
                 f'"auth" must hold the strings {", ".join(_AUTH_KEYS)}; command refused',
+            )
+        if not _NONCE.match(auth["nonce"]) or len(auth["operator"]) > MAX_OPERATOR_CHARS:
+            raise AuthError(
+                AuthCode.MALFORMED,
+                "auth nonce must be 16-64 lowercase hex digits and operator at most "
+                f"{MAX_OPERATOR_CHARS} characters; command refused",
             )
         key = self._keys.get(auth["key_id"])
         if key is None:

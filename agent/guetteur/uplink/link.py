@@ -4,6 +4,13 @@ Owns: connection, TLS, persistent session, reconnection with capped backoff, the
 marks the gateway offline, the retained status messages, the command subscription (each command
 runs on a worker thread, so a slow camera never stalls the network loop) and raw publishing for
 the publisher and live sessions.
+
+Commands run off the network thread in lanes (``uplink.lanes``): one bounded queue per camera and
+a small pool for commands naming none, so one stuck camera keeps its trouble to itself. A
+command's reply goes to its MQTT 5 response topic only when that lies in the centre's reply area
+(``commands.reply_prefix``); otherwise the command is refused, the refusal logged and answered on
+the gateway's own ``reply/{verb}`` topic, so a forged response topic can never make the gateway
+publish on one of its stream topics (a reply stored by the centre as an event).
 """
 
 from __future__ import annotations
@@ -11,7 +18,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from typing import Any
 
 import paho.mqtt.client as mqtt
@@ -21,7 +28,8 @@ from paho.mqtt.reasoncodes import ReasonCode
 
 from guetteur.config import MqttConfig
 from guetteur.uplink import messages, protocol
-from guetteur.uplink.commands import CommandDispatcher
+from guetteur.uplink.commands import VERB_PATTERN, CommandDispatcher
+from guetteur.uplink.lanes import CommandLanes
 from guetteur.uplink.mqttutil import (
     configure_client,
     new_client,
@@ -43,7 +51,9 @@ class Link:
         config: MqttConfig,
         gateway_id: str,
         dispatcher: CommandDispatcher | None = None,
-        command_workers: int = 4,
+        command_workers: int = 2,
+        reply_prefix: str = protocol.DEFAULT_REPLY_PREFIX,
+        camera_queue: int = 8,
     ) -> None:
         self.config = config
         self.gateway_id = gateway_id
@@ -61,7 +71,8 @@ class Link:
         self._disconnect_listeners: list[Callable[[], None]] = []
         self.session_present = False  # did the broker still hold our session at the last CONNACK
         self.connects = 0  # successful connections since start (1 + reconnections)
-        self._pool = ThreadPoolExecutor(command_workers, thread_name_prefix="command")
+        self.reply_prefix = reply_prefix
+        self.lanes = CommandLanes(camera_depth=camera_queue, gateway_workers=command_workers)
         self._last_error: str | None = None
         self._started = False
         self._setup()
@@ -126,7 +137,7 @@ class Link:
                 pass
         self._client.disconnect()
         self._client.loop_stop()
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        self.lanes.close()
 
     # -- state ---------------------------------------------------------------------------------
 
@@ -288,21 +299,67 @@ class Link:
     # -- commands ------------------------------------------------------------------------------
 
     def _on_command(self, msg: mqtt.MQTTMessage) -> None:
+        """On the network thread: check where the reply would go, then queue the command on
+        its camera's lane; a full lane is answered ``busy`` at once."""
         parts = protocol.parse_topic(self.config.root, msg.topic)
-        verb = parts.get("verb") if parts else None
-        if not verb:
-            return
+        verb = (parts.get("verb") if parts else None) or ""
         props = getattr(msg, "properties", None)
         response_topic = getattr(props, "ResponseTopic", None)
         correlation = getattr(props, "CorrelationData", None)
-        self._pool.submit(
-            self._run_command,
-            verb,
-            bytes(msg.payload),
-            user_properties(msg),
-            response_topic,
-            correlation,
-        )
+        uprops = user_properties(msg)
+        payload = bytes(msg.payload)
+        if response_topic is not None:
+            problem = protocol.reply_topic_problem(
+                response_topic, self.config.root, self.reply_prefix
+            )
+            if problem:
+                log.error(
+                    "command %s from %s refused: %s (%r); answered on %s, not run",
+                    verb, uprops.get("client_id", "unknown"), problem, response_topic[:200],
+                    self._own_reply_topic(verb),
+                )  # fmt: skip
+                self._reply(
+                    None,
+                    messages.reply_error(
+                        _request_id(payload),
+                        protocol.ErrorCode.BAD_REPLY_TOPIC,
+                        f"{problem}; the command was not run",
+                    ),
+                    verb,
+                    correlation,
+                )
+                return
+        job = partial(self._run_command, verb, payload, uprops, response_topic, correlation)
+        if not self.lanes.submit(_camera_of(payload), job):
+            log.warning(
+                "command %s from %s refused: its queue is full (camera busy or stuck)",
+                verb,
+                uprops.get("client_id", "unknown"),
+            )
+            self._reply(
+                response_topic,
+                messages.reply_error(
+                    _request_id(payload),
+                    protocol.ErrorCode.BUSY,
+                    "too many commands wait for this camera (busy or not answering); try again",
+                ),
+                verb,
+                correlation,
+            )
+
+    def _own_reply_topic(self, verb: str) -> str:
+        return self.topics.full(f"reply/{verb if VERB_PATTERN.match(verb) else '_'}")
+
+    def _reply(
+        self,
+        response_topic: str | None,
+        reply: dict[str, Any],
+        verb: str,
+        correlation: bytes | None,
+    ) -> None:
+        topic = response_topic or self._own_reply_topic(verb)
+        props = publish_properties("application/json", None, None, correlation)
+        self._client.publish(topic, protocol.dumps(reply), qos=1, properties=props)
 
     def _run_command(
         self,
@@ -318,9 +375,7 @@ class Link:
             )
         else:
             reply = self.dispatcher.handle(verb, payload, uprops)
-        topic = response_topic or self.topics.full(f"reply/{verb}")
-        props = publish_properties("application/json", None, None, correlation)
-        self._client.publish(topic, protocol.dumps(reply), qos=1, properties=props)
+        self._reply(response_topic, reply, verb, correlation)
         if not reply.get("ok"):
             log.info(
                 "command %s from %s refused: %s",
@@ -328,6 +383,26 @@ class Link:
                 uprops.get("client_id", "unknown"),
                 reply["error"]["message"],
             )
+
+
+def _peek(payload: bytes) -> dict[str, Any] | None:
+    try:
+        return protocol.loads(payload, protocol.MAX_COMMAND_BYTES)
+    except protocol.MessageError:
+        return None
+
+
+def _camera_of(payload: bytes) -> str | None:
+    """The camera a command names (its lane), if it is readable at all."""
+    data = _peek(payload)
+    camera = data.get("camera") if data is not None else None
+    return camera if isinstance(camera, str) else None
+
+
+def _request_id(payload: bytes) -> str | None:
+    data = _peek(payload)
+    rid = data.get("id") if data is not None else None
+    return rid[:128] if isinstance(rid, str) else None
 
 
 class DirectPublisher:

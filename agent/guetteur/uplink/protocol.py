@@ -24,6 +24,26 @@ def valid_id(value: str) -> bool:
     return bool(ID_PATTERN.match(value))
 
 
+# Broker identities that are not gateways: a gateway's certificate CN is its id, and the ACL's
+# per-gateway patterns (``%u``) would hand a gateway named ``centre`` the centre's own topics.
+RESERVED_GATEWAY_IDS = frozenset({"centre", "broker", "admin"})
+RESERVED_GATEWAY_PREFIXES = ("centre-", "op-")
+
+
+def gateway_id_problem(value: str) -> str:
+    """Why ``value`` cannot be a gateway id, or "" when it can."""
+    if not ID_PATTERN.match(value):
+        return "expected 1-64 letters, digits, '-' or '_', starting with a letter or digit"
+    lowered = value.lower()
+    if lowered in RESERVED_GATEWAY_IDS or lowered.startswith(RESERVED_GATEWAY_PREFIXES):
+        return (
+            f"{value!r} is reserved for the centre's broker identities (reserved: "
+            f"{', '.join(sorted(RESERVED_GATEWAY_IDS))}, and names starting with "
+            f"{' or '.join(RESERVED_GATEWAY_PREFIXES)})"
+        )
+    return ""
+
+
 @dataclass(frozen=True)
 class Topics:
     """Every topic of one gateway under ``{root}/{gw}``."""
@@ -73,8 +93,10 @@ class Topics:
         return self.full("ack")
 
     def reply(self, client_id: str) -> str:
-        """Conventional response topic for a centre tool (any topic works: MQTT 5 says where)."""
-        return f"{self.root}/_reply/{client_id}"
+        """Conventional response topic of a centre client for this gateway's replies: in the
+        centre's reply area (the only one a gateway answers on), one level per gateway (the
+        only level the shipped ACL lets that gateway write)."""
+        return f"{self.root}/{DEFAULT_REPLY_PREFIX}{client_id}/{self.gateway}"
 
 
 # Relative topic builders, for OutboundItem.topic.
@@ -120,27 +142,119 @@ def parse_topic(root: str, topic: str) -> dict[str, str] | None:
 
 
 def dumps(message: dict[str, Any]) -> bytes:
-    """Serialise a JSON message, stamping ``"v": 1``."""
+    """Serialise a JSON message, stamping ``"v": 1``. Never fails on text: a lone surrogate (which
+    UTF-8 cannot carry) goes out escaped, so a reply or an audit record is always sent."""
     body = {"v": VERSION, **message}
-    return json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
+    return json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode(
+        "utf-8", "backslashreplace"
+    )
 
 
 class MessageError(ValueError):
     """A payload that is not a version-1 JSON object."""
 
 
-def loads(payload: bytes | str) -> dict[str, Any]:
-    """Parse a JSON message; raises MessageError with a sentence when it is not one of ours."""
+# Limits of what a received message may hold: parsing must stay cheap and bounded whatever a
+# sender writes (integers of thousands of digits, nesting 1,000 deep, megabytes of text).
+MAX_MESSAGE_BYTES = 256 * 1024  # acks carry up to MAX_ACK_IDS ids
+MAX_COMMAND_BYTES = 64 * 1024
+MAX_DEPTH = 16
+MAX_INT_DIGITS = 20  # beyond 64 bits nothing in the interface means anything
+
+
+def _parse_int(text: str) -> int:
+    if len(text.lstrip("-")) > MAX_INT_DIGITS:
+        raise MessageError(f"an integer has {len(text)} digits (at most {MAX_INT_DIGITS})")
+    return int(text)
+
+
+def _parse_float(text: str) -> float:
+    value = float(text) if len(text) <= 64 else float("inf")
+    if value in (float("inf"), float("-inf")):
+        raise MessageError(f"a number of {len(text)} characters is out of range")
+    return value
+
+
+def _parse_constant(name: str) -> Any:
+    raise MessageError(f"{name} is not a JSON number")
+
+
+def _check_shape(data: Any) -> None:
+    """Depth and text of a parsed message: every string must be valid Unicode (a lone surrogate
+    such as ``\\ud800`` cannot be written back out as UTF-8)."""
+    stack: list[tuple[Any, int]] = [(data, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if isinstance(node, dict):
+            if depth > MAX_DEPTH:
+                raise MessageError(f"message is nested deeper than {MAX_DEPTH} levels")
+            for key, value in node.items():
+                _check_text(key)
+                stack.append((value, depth + 1))
+        elif isinstance(node, list):
+            if depth > MAX_DEPTH:
+                raise MessageError(f"message is nested deeper than {MAX_DEPTH} levels")
+            stack.extend((value, depth + 1) for value in node)
+        elif isinstance(node, str):
+            _check_text(node)
+
+
+def _check_text(text: str) -> None:
     try:
-        data = json.loads(payload)
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise MessageError("a string holds a lone surrogate (not valid Unicode)") from None
+
+
+def loads(payload: bytes | str, max_bytes: int = MAX_MESSAGE_BYTES) -> dict[str, Any]:
+    """Parse a JSON message within limits (size, integer digits, depth, valid Unicode); raises
+    MessageError with a sentence when it is not one of ours. Never raises anything else."""
+    if len(payload) > max_bytes:
+        raise MessageError(f"message is {len(payload)} bytes (at most {max_bytes})")
+    try:
+        data = json.loads(
+            payload,
+            parse_int=_parse_int,
+            parse_float=_parse_float,
+            parse_constant=_parse_constant,
+        )
+    except MessageError:
+        raise
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise MessageError(f"payload is not JSON: {exc}") from None
+    except RecursionError:
+        raise MessageError(f"message is nested deeper than {MAX_DEPTH} levels") from None
+    except (ValueError, TypeError, OverflowError) as exc:  # e.g. a float of 10^400 digits
+        raise MessageError(f"payload is not acceptable JSON: {exc}") from None
     if not isinstance(data, dict):
         raise MessageError("payload must be a JSON object")
+    _check_shape(data)
     v = data.get("v", VERSION)
     if v != VERSION:
         raise MessageError(f'unsupported message version "v": {v!r} (this gateway speaks 1)')
     return data
+
+
+# Where command replies may go: the centre's reply area, never a topic of a gateway's streams
+# (a reply published on ``{gw}/cam/{cam}/event`` would be stored by the centre as an event).
+DEFAULT_REPLY_PREFIX = "_reply/"
+
+
+def reply_topic_problem(topic: str | None, root: str, prefix: str = DEFAULT_REPLY_PREFIX) -> str:
+    """Why ``topic`` may not receive a command's reply, or "" when it may: it must lie under
+    ``{root}/{prefix}``, below it, with no wildcard, no NUL, and not be a ``$`` topic."""
+    area = f"{root}/{prefix}"
+    if not topic:
+        return "no response topic"
+    if topic.startswith("$"):
+        return "response topic is a $-topic"
+    if any(c in topic for c in "+#\0"):
+        return "response topic holds a wildcard or NUL"
+    if len(topic) > 512:
+        return "response topic is longer than 512 characters"
+    if not topic.startswith(area) or len(topic) == len(area) or "//" in topic[len(area) - 1 :]:
+        return f"response topic is outside the centre's reply area {area}"
+    return ""
 
 
 # Error codes of command replies: machine-readable, stable.
@@ -160,6 +274,9 @@ class ErrorCode:
     TIMEOUT = "timeout"
     DEVICE_ERROR = "device_error"
     INTERNAL = "internal_error"
+    BAD_REPLY_TOPIC = "bad_reply_topic"  # response topic outside the centre's reply area
+    AUDIT_UNAVAILABLE = "audit_unavailable"  # the audit record could not be written: not run
+    BUSY = "busy"  # the camera's command queue is full: one stuck camera keeps its trouble
 
 
 # -- cmd/ptz: the PTZ vocabulary (the agent's command model and arbiter, the centre tool) ----------
