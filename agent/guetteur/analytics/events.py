@@ -132,7 +132,7 @@ class EventTracker:
         self.config = config
         self._clock_synced = clock_synced
         self._require = set(require_labels)
-        self._snapshot_image = snapshot_image or (lambda frame: frame.image)
+        self._snapshot_image = snapshot_image or (lambda frame: frame.colour())
         self._run_start: tuple[float, float] | None = None  # (pts_s, wallclock) of the motion run
         self._run_frames = 0
         self._run_labels: dict[str, float] = {}

@@ -82,6 +82,20 @@ class MotionConfig(ConfigSection):
         le=1,
         description="A blob whose fine texture still correlates with the background's above this is a change of light (headlights, shadows), not an object; 0 disables",
     )
+    work_scale: float = Field(
+        0.5,
+        gt=0,
+        le=1,
+        description="Scale at which the detector works on the analysed frame (0.5: 160 px wide for a 320-px frame, area-averaged); blur and dilate are given at scale 1",
+    )
+    crowd_detection: bool = Field(
+        True,
+        description="When most of the picture changes, tell a crowd (many separate objects: motion, boxes reported) from a change of light or view (no motion); false treats every such frame as a global change",
+    )
+    transient_filter: bool = Field(
+        True,
+        description="Drop small or blurry blobs that do not persist from one analysed frame to the next (rain, snow, insects near the lens)",
+    )
 
 
 class DetectFilter(ConfigSection):

@@ -259,13 +259,16 @@ class CameraWorker:
 
     def analyse(self, frame: AnalyticFrame) -> list[EventUpdate]:
         if self.privacy:
+            render = frame.render
             frame = AnalyticFrame(
                 frame.camera,
                 self.privacy.blackout(frame.image),
                 frame.pts_s,
                 frame.wallclock,
                 frame.source_size,
-                frame.render,
+                # colour for the detector and snapshots is masked too
+                (lambda w: self.privacy.blackout(render(w))) if render is not None else None,
+                frame.chroma,
             )
         self.last_frame = frame
         self.frames_analysed += 1
@@ -287,9 +290,7 @@ class CameraWorker:
         """The picture sent to the centre: rendered from the full-resolution decoded frame when
         the source keeps it (the analysed one is only a few hundred pixels wide), with every
         privacy mask blacked out."""
-        width = self.events.snapshot_width
-        image = frame.render(width) if frame.render is not None else frame.image
-        return self.privacy.blackout(image)
+        return self.privacy.blackout(frame.colour(self.events.snapshot_width))
 
     def _on_detections(self, frame: AnalyticFrame, found: list[Detection]) -> None:
         assert self.camera.detect is not None

@@ -1,0 +1,202 @@
+"""Moving blobs of one frame: extraction, the light test and the rain/snow/insect filter.
+
+Pure; the motion detector (``guetteur.analytics.motion``) calls these on its changed-pixel mask.
+
+- ``find_blobs``: outlines of the dilated changed mask (external contours), those enclosing less
+  than ``min_area`` dropped;
+- ``is_light``: a change of light (headlights sweeping a wall, a cloud's shadow) scales the
+  scene but keeps its fine texture, so frame and model texture still correlate inside the blob;
+  an object hides the texture behind it (measured on the generated scenes: objects below 0.55,
+  light pools above 0.75);
+- ``TransientFilter``: rain, snow and insects near the lens make blobs that are **small or out
+  of focus** and **short-lived or fast** (at 5 analysed frames per second a raindrop or an insect
+  is somewhere else, or gone, one frame later). Such a blob counts only once it has been seen
+  ``persist`` frames in a row, each time close to where it was (a walker far away, small but
+  steady, passes after that delay); a large, sharp blob counts at once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+# Illumination test: least fine texture (grey-level standard deviation of the model's texture)
+# inside a blob for the test to decide; window (pixels) of the local mean removed.
+_MIN_TEXTURE = 1.5
+_TEXTURE_WINDOW = 7
+# Transient filter: a blob under _SMALL_FACTOR x min_area is small; one whose edges are softer
+# than _SOFT_EDGE (strongest grey-level step between neighbours over its strongest difference
+# from the model) is out of focus; consecutive sightings needed by either; how far (in its own
+# size, plus a few pixels) a blob may move between two frames and still be the same one.
+_SMALL_FACTOR = 4.0
+_SOFT_EDGE = 0.12
+_PERSIST = 3
+_STEP_SIZES = 1.0
+_STEP_PAD_PX = 3
+# Weather: running mean (weight _WEATHER_RATE per frame, ~2 s at 5 fps) of new small blobs
+# per frame that turns the small-blob check on, and the level that turns it off again.
+_WEATHER_RATE = 0.1
+_WEATHER_ON = 1.0
+_WEATHER_OFF = 0.3
+
+
+@dataclass(frozen=True)
+class Blob:
+    """A connected moving region in pixels of the analysed frame."""
+
+    x: int
+    y: int
+    w: int
+    h: int
+    area: int  # pixels enclosed by the (dilated) region's outline
+
+    @property
+    def centre(self) -> tuple[float, float]:
+        return (self.x + self.w / 2, self.y + self.h / 2)
+
+
+def find_blobs(dilated: np.ndarray, min_area: float) -> list[Blob]:
+    """External contours of ``dilated`` (uint8, non-zero = changed) enclosing at least
+    ``min_area`` of the frame, largest first; ``area`` is the contour's enclosed area."""
+    h, w = dilated.shape
+    min_px = min_area * w * h
+    contours, _ = cv2.findContours(dilated, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    found: list[Blob] = []
+    for contour in contours:
+        area = float(cv2.contourArea(contour))
+        if area >= min_px and area > 0:
+            x, y, bw, bh = cv2.boundingRect(contour)
+            found.append(Blob(x, y, bw, bh, round(area)))
+    found.sort(key=lambda b: -b.area)
+    return found
+
+
+def _roi(blob: Blob, shape: tuple[int, ...], pad: int) -> tuple[slice, slice]:
+    y0, x0 = max(0, blob.y - pad), max(0, blob.x - pad)
+    y1, x1 = min(shape[0], blob.y + blob.h + pad), min(shape[1], blob.x + blob.w + pad)
+    return slice(y0, y1), slice(x0, x1)
+
+
+def is_light(
+    blob: Blob, changed: np.ndarray, frame: np.ndarray, model: np.ndarray, limit: float
+) -> bool:
+    """Whether ``blob`` is a change of light rather than an object (module docstring): the fine
+    texture (picture minus its local mean) of frame and model correlates above ``limit`` over
+    the blob's changed pixels. Undecidable (False: motion) where the model has no texture."""
+    pad = _TEXTURE_WINDOW // 2
+    rows, cols = _roi(blob, frame.shape, pad)
+    f = frame[rows, cols]
+    m = model[rows, cols]
+    k = (_TEXTURE_WINDOW, _TEXTURE_WINDOW)
+    ft = f - cv2.blur(f, k)
+    mt = m - cv2.blur(m, k)
+    inside = changed[rows, cols] > 0
+    # Only the blob's own box: the padding served the local means.
+    inner = np.zeros_like(inside)
+    iy, ix = blob.y - rows.start, blob.x - cols.start
+    inner[iy : iy + blob.h, ix : ix + blob.w] = True
+    inside &= inner
+    if np.count_nonzero(inside) < 16:
+        return False
+    a = ft[inside]
+    b = mt[inside]
+    a -= a.mean()
+    b -= b.mean()
+    aa, bb = float(a.dot(a)), float(b.dot(b))
+    n = a.size
+    if bb < n * _MIN_TEXTURE**2 or aa < n * 1e-6:
+        return False
+    return float(a.dot(b)) / float(np.sqrt(aa * bb)) > limit
+
+
+def edge_sharpness(blob: Blob, gray: np.ndarray, diff: np.ndarray) -> float:
+    """Strongest grey-level step between neighbouring pixels inside the blob's box, over its
+    strongest difference from the model: about 0.3-1 for an object in focus, under 0.1 for a
+    blurred drop or insect right in front of the lens (its edge spreads over many pixels)."""
+    rows, cols = _roi(blob, gray.shape, 0)
+    g = gray[rows, cols]
+    if g.shape[0] < 3 or g.shape[1] < 3:
+        return 1.0
+    gx = cv2.absdiff(g[:, 1:], g[:, :-1])
+    gy = cv2.absdiff(g[1:, :], g[:-1, :])
+    step = float(max(int(gx.max()), int(gy.max())))
+    contrast = float(diff[rows, cols].max())
+    return step / contrast if contrast > 1.0 else 1.0
+
+
+@dataclass
+class _Track:
+    blob: Blob
+    seen: int
+
+
+class TransientFilter:
+    """Drops blobs of rain, snow and insects (module docstring); keeps one frame of memory.
+
+    Out-of-focus blobs are always suspects. Small blobs are suspects only in **weather**: when
+    small blobs that match nothing of the frame before keep appearing (an average of
+    ``_WEATHER_ON`` or more per frame over the last few seconds; off again under
+    ``_WEATHER_OFF``). On a dry day a small blob (a walker far away, a car's first frame at the
+    edge) counts at once."""
+
+    def __init__(self, enabled: bool = True, persist: int = _PERSIST) -> None:
+        self.enabled = enabled
+        self.persist = persist
+        self._tracks: list[_Track] = []
+        self._fresh_rate = 0.0  # running mean of new, unmatched small blobs per frame
+        self.weather = False
+
+    def configure(self, enabled: bool) -> None:
+        self.enabled = enabled
+        if not enabled:
+            self.reset()
+
+    def reset(self) -> None:
+        self._tracks = []
+
+    def filter(
+        self, blobs: Sequence[Blob], gray: np.ndarray, diff: np.ndarray, min_px: float
+    ) -> tuple[list[Blob], int]:
+        """(blobs kept, number dropped as transient). ``gray``: the analysed (unblurred) frame;
+        ``diff``: |frame - model| of the blurred pictures, same size; ``min_px``: the smallest
+        blob the detector keeps, in pixels."""
+        if not self.enabled:
+            return list(blobs), 0
+        small_px = _SMALL_FACTOR * max(1.0, min_px)
+        h, w = gray.shape
+        tracks: list[_Track] = []
+        kept: list[Blob] = []
+        dropped = 0
+        fresh = 0
+        for blob in blobs:
+            seen = 1 + max((t.seen for t in self._tracks if _same(t.blob, blob)), default=0)
+            tracks.append(_Track(blob, seen))
+            at_edge = (
+                blob.x <= 1 or blob.y <= 1 or blob.x + blob.w >= w - 1 or blob.y + blob.h >= h - 1
+            )
+            small = blob.area < small_px and not at_edge  # things enter from the edges
+            fresh += small and seen == 1
+            soft = edge_sharpness(blob, gray, diff) < _SOFT_EDGE
+            suspect = soft or (small and self.weather)
+            if suspect and seen < self.persist:
+                dropped += 1
+                continue
+            kept.append(blob)
+        self._tracks = tracks
+        self._fresh_rate += _WEATHER_RATE * (fresh - self._fresh_rate)
+        if self.weather and self._fresh_rate < _WEATHER_OFF:
+            self.weather = False
+        elif not self.weather and self._fresh_rate >= _WEATHER_ON:
+            self.weather = True
+        return kept, dropped
+
+
+def _same(prev: Blob, blob: Blob) -> bool:
+    """Whether ``blob`` can be ``prev`` one analysed frame later: its centre within one size
+    (plus a few pixels) of where ``prev`` was."""
+    (px, py), (bx, by) = prev.centre, blob.centre
+    reach = _STEP_SIZES * max(prev.w, prev.h, blob.w, blob.h) + _STEP_PAD_PX
+    return abs(px - bx) <= reach and abs(py - by) <= reach
