@@ -27,14 +27,16 @@ import numpy as np
 # inside a blob for the test to decide; window (pixels) of the local mean removed.
 _MIN_TEXTURE = 1.5
 _TEXTURE_WINDOW = 7
-# Transient filter: a blob under _SMALL_FACTOR x min_area is small; one whose edges are softer
-# than _SOFT_EDGE (strongest grey-level step between neighbours over its strongest difference
-# from the model) is out of focus; consecutive sightings needed by either; how far (in its own
-# size, plus a few pixels) a blob may move between two frames and still be the same one.
+# Transient filter: a blob under _SMALL_FACTOR x min_area is small; one whose difference from
+# the model rises softer than _SOFT_EDGE (steepest step between neighbours over the peak) is out
+# of focus; consecutive sightings needed by either; how far (in its own size, plus a few pixels)
+# a blob may move between two frames and still be the same one, and how far an out-of-focus
+# one may (_SOFT_STEP_SIZES: an insect flutters, a drop on the lens runs).
 _SMALL_FACTOR = 4.0
-_SOFT_EDGE = 0.12
+_SOFT_EDGE = 0.35
 _PERSIST = 3
 _STEP_SIZES = 1.0
+_SOFT_STEP_SIZES = 0.4
 _STEP_PAD_PX = 3
 # Weather: running mean (weight _WEATHER_RATE per frame, ~2 s at 5 fps) of new small blobs
 # per frame that turns the small-blob check on, and the level that turns it off again.
@@ -112,19 +114,22 @@ def is_light(
     return float(a.dot(b)) / float(np.sqrt(aa * bb)) > limit
 
 
-def edge_sharpness(blob: Blob, gray: np.ndarray, diff: np.ndarray) -> float:
-    """Strongest grey-level step between neighbouring pixels inside the blob's box, over its
-    strongest difference from the model: about 0.3-1 for an object in focus, under 0.1 for a
-    blurred drop or insect right in front of the lens (its edge spreads over many pixels)."""
-    rows, cols = _roi(blob, gray.shape, 0)
-    g = gray[rows, cols]
-    if g.shape[0] < 3 or g.shape[1] < 3:
+def edge_sharpness(blob: Blob, diff: np.ndarray) -> float:
+    """Steepest step between neighbouring pixels of the blob's difference from the model, over
+    its strongest difference: an object in focus starts with an edge (0.3-0.6 here, after the
+    detector's own blur), a drop or an insect right in front of the lens is a blurred bump whose
+    difference rises over many pixels (under 0.2)."""
+    rows, cols = _roi(blob, diff.shape, 0)
+    d = diff[rows, cols]
+    if d.shape[0] < 3 or d.shape[1] < 3:
         return 1.0
-    gx = cv2.absdiff(g[:, 1:], g[:, :-1])
-    gy = cv2.absdiff(g[1:, :], g[:-1, :])
-    step = float(max(int(gx.max()), int(gy.max())))
-    contrast = float(diff[rows, cols].max())
-    return step / contrast if contrast > 1.0 else 1.0
+    peak = float(d.max())
+    if peak <= 1.0:
+        return 1.0
+    step = max(
+        float(cv2.absdiff(d[:, 1:], d[:, :-1]).max()), float(cv2.absdiff(d[1:], d[:-1]).max())
+    )
+    return step / peak
 
 
 @dataclass
@@ -172,14 +177,16 @@ class TransientFilter:
         dropped = 0
         fresh = 0
         for blob in blobs:
-            seen = 1 + max((t.seen for t in self._tracks if _same(t.blob, blob)), default=0)
+            soft = edge_sharpness(blob, diff) < _SOFT_EDGE
+            reach = _SOFT_STEP_SIZES if soft else _STEP_SIZES
+            matches = (t.seen for t in self._tracks if _same(t.blob, blob, reach))
+            seen = 1 + max(matches, default=0)
             tracks.append(_Track(blob, seen))
             at_edge = (
                 blob.x <= 1 or blob.y <= 1 or blob.x + blob.w >= w - 1 or blob.y + blob.h >= h - 1
             )
             small = blob.area < small_px and not at_edge  # things enter from the edges
             fresh += small and seen == 1
-            soft = edge_sharpness(blob, gray, diff) < _SOFT_EDGE
             suspect = soft or (small and self.weather)
             if suspect and seen < self.persist:
                 dropped += 1
@@ -194,9 +201,9 @@ class TransientFilter:
         return kept, dropped
 
 
-def _same(prev: Blob, blob: Blob) -> bool:
-    """Whether ``blob`` can be ``prev`` one analysed frame later: its centre within one size
-    (plus a few pixels) of where ``prev`` was."""
+def _same(prev: Blob, blob: Blob, sizes: float = _STEP_SIZES) -> bool:
+    """Whether ``blob`` can be ``prev`` one analysed frame later: its centre within ``sizes``
+    of its size (plus a few pixels) of where ``prev`` was."""
     (px, py), (bx, by) = prev.centre, blob.centre
-    reach = _STEP_SIZES * max(prev.w, prev.h, blob.w, blob.h) + _STEP_PAD_PX
+    reach = sizes * max(prev.w, prev.h, blob.w, blob.h) + _STEP_PAD_PX
     return abs(px - bx) <= reach and abs(py - by) <= reach

@@ -127,6 +127,7 @@ class MotionDetector:
         self._kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (3, 3))
         self._size: tuple[int, int] | None = None
         self._background: np.ndarray | None = None  # float32, blurred grey
+        self._previous: np.ndarray | None = None  # the last frame, blurred
         self._age: np.ndarray | None = None  # frames each pixel has stayed changed
         self._usable: np.ndarray | None = None  # uint8 255 where analysed (outside masks)
         self._usable_count = 1
@@ -266,7 +267,7 @@ class MotionDetector:
         dilated = (
             cv2.dilate(changed, self._kernel, iterations=self._dilate) if self._dilate else changed
         )
-        self._learn(frame, dilated, warming)
+        self._learn(frame, dilated, warming, threshold)
         if warming:
             return MotionResult(
                 0.0,
@@ -346,6 +347,7 @@ class MotionDetector:
 
     def _seed(self, frame: np.ndarray) -> None:
         self._background = frame.copy()
+        self._previous = frame
         dtype = np.uint8 if self.config.absorb_frames < 255 else np.uint16
         self._age = np.zeros(frame.shape, dtype)
         self._noise_due = 0
@@ -426,7 +428,9 @@ class MotionDetector:
         # Measured on the blurred residual, which is what the threshold is compared with.
         return _median(d[ok & (structure <= flat_limit)]) * _MAD_TO_SIGMA
 
-    def _learn(self, frame: np.ndarray, dilated: np.ndarray, warming: bool) -> None:
+    def _learn(
+        self, frame: np.ndarray, dilated: np.ndarray, warming: bool, threshold: float
+    ) -> None:
         bg, age = self._background, self._age
         assert bg is not None and age is not None
         cfg = self.config
@@ -434,6 +438,7 @@ class MotionDetector:
             alpha = max(cfg.background_alpha, 1.0 / self._frames)
             cv2.accumulateWeighted(frame, bg, alpha)
             age[:] = 0
+            self._previous = frame
             return
         still = cv2.bitwise_not(dilated)
         cv2.accumulateWeighted(frame, bg, cfg.background_alpha, mask=still)
@@ -443,6 +448,11 @@ class MotionDetector:
         cv2.bitwise_and(age, mask, dst=age)
         if cfg.absorb_frames > 0:
             stale = _cv.compare(age, cfg.absorb_frames, cv2.CMP_GE)
-            if cv2.countNonZero(stale):
+            if cv2.countNonZero(stale) and self._previous is not None:
+                # Only where the picture itself holds still: a stopped car, the spot a parked
+                # car left. Not where something passes at that instant (it would become a ghost).
+                still_now = _cv.compare(cv2.absdiff(frame, self._previous), threshold, cv2.CMP_LE)
+                cv2.bitwise_and(stale, still_now, dst=stale)
                 cv2.copyTo(frame, stale, bg)
                 age[stale > 0] = 0
+        self._previous = frame
