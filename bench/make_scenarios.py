@@ -31,6 +31,7 @@ VARIANTS: dict[str, tuple[str, dict[str, float]]] = {
     "quiet_long": ("quiet", {"duration": 60.0}),
     # A real city (issue 16): crowds are motion, weather and insects are not, infrared switches
     # the camera to its night settings, a panning dome pauses analysis.
+    "crowd_dense": ("crowd", {"crowd": 200.0, "crowd_size": 2.4}),
     "crowd_lighting": (
         "lighting",
         {

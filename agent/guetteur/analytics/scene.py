@@ -50,8 +50,14 @@ MIN_TEXTURED_SHARE = 0.1
 # response, is the camera moving (pan / tilt).
 PAN_MIN_SHIFT_PX = 3.0
 PAN_MIN_RESPONSE = 0.12
-# Coarse grid of the phase correlation (the picture is shrunk by this factor).
-PAN_SHRINK = 4
+# ... and once the model is moved by that shift, at most this share of textured blocks may stay
+# lost (the strip the pan revealed, passers-by).
+PAN_ALIGNED_SHARE = 0.35
+# ... and no more than this fraction of the unshifted share (the shift must explain the change).
+PAN_GAIN = 0.6
+# Width of the coarse picture the phase correlation works on (pixels): sub-pixel shifts are
+# still measured right, and a pan of a tenth of the frame per analysed frame is well inside.
+PAN_WIDTH = 80
 
 
 @dataclass(frozen=True)
@@ -73,15 +79,60 @@ def _block_means(image: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
 
 def view_shift(frame: np.ndarray, model: np.ndarray) -> tuple[tuple[float, float], float]:
     """((dx, dy) in pixels of ``frame``, response) of the global translation from the model to
-    the frame, by phase correlation of both shrunk ``PAN_SHRINK`` times (Hann-windowed)."""
+    the frame, by phase correlation of both shrunk to about ``PAN_WIDTH`` wide (Hann-windowed)."""
     h, w = frame.shape
-    shrink = PAN_SHRINK if min(w, h) >= 8 * PAN_SHRINK else max(1, min(w, h) // 8)
+    shrink = max(1, round(w / PAN_WIDTH))
     cw, ch = max(8, w // shrink), max(8, h // shrink)
     a = cv2.resize(model, (cw, ch), interpolation=cv2.INTER_AREA)
     b = cv2.resize(frame, (cw, ch), interpolation=cv2.INTER_AREA)
     window = cv2.createHanningWindow((cw, ch), cv2.CV_32F)
     (dx, dy), response = cv2.phaseCorrelate(a, b, window)
     return (float(dx) * w / cw, float(dy) * h / ch), float(response)
+
+
+def _texture_stats(
+    f: np.ndarray, m: np.ndarray, use: np.ndarray, block: int, floor: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Per block: (textured, lost, matching, model mean and frame mean stacked) for two
+    pictures cropped to whole blocks."""
+    shape = (f.shape[0] // block, f.shape[1] // block)
+    mf = _block_means(f, shape)
+    mm = _block_means(m, shape)
+    var_f = _block_means(f * f, shape) - mf * mf
+    var_m = _block_means(m * m, shape) - mm * mm
+    cov = _block_means(f * m, shape) - mf * mm
+    textured = use & ((var_m > floor) | (var_f > floor))
+    ncc = cov / np.sqrt(np.maximum(var_f, floor) * np.maximum(var_m, floor))
+    return textured, textured & (ncc < LOST_NCC), textured & (ncc > MATCH_NCC), np.stack([mm, mf])
+
+
+def _lost_share(textured: np.ndarray, lost: np.ndarray) -> float:
+    return float(np.count_nonzero(lost)) / max(1, int(np.count_nonzero(textured)))
+
+
+def _shifted_lost_share(
+    frame: np.ndarray,
+    model: np.ndarray,
+    use: np.ndarray,
+    block: int,
+    floor: float,
+    shift: tuple[float, float],
+) -> float:
+    """Share of textured blocks still lost once the model is moved by ``shift``: near zero for
+    a pan (the whole view moved), higher than unshifted for a crowd (the street did not move)."""
+    dx, dy = round(shift[0]), round(shift[1])
+    h, w = frame.shape
+    # The part of the frame that the shifted model covers, in whole blocks.
+    x0, y0 = max(0, dx), max(0, dy)
+    x1, y1 = min(w, w + dx), min(h, h + dy)
+    bx0, by0 = -(-x0 // block), -(-y0 // block)
+    bx1, by1 = x1 // block, y1 // block
+    if bx1 - bx0 < 2 or by1 - by0 < 2:
+        return 1.0
+    f = frame[by0 * block : by1 * block, bx0 * block : bx1 * block]
+    m = model[by0 * block - dy : by1 * block - dy, bx0 * block - dx : bx1 * block - dx]
+    textured, lost, _, _ = _texture_stats(f, m, use[by0:by1, bx0:bx1], block, floor)
+    return _lost_share(textured, lost)
 
 
 def classify(
@@ -103,32 +154,34 @@ def classify(
     block = max(4, round(BLOCK * scale))
     bh, bw = max(1, h // block), max(1, w // block)
     ch, cw = bh * block, bw * block
-    f = frame[:ch, :cw]
-    m = model[:ch, :cw]
-    shape = (bh, bw)
-    mf = _block_means(f, shape)
-    mm = _block_means(m, shape)
-    var_f = _block_means(f * f, shape) - mf * mf
-    var_m = _block_means(m * m, shape) - mm * mm
-    cov = _block_means(f * m, shape) - mf * mm
-    use = _block_means(usable[:ch, :cw].astype(np.float32), shape) > 0.5 * float(usable.max() or 1)
+    use = _block_means(usable[:ch, :cw].astype(np.float32), (bh, bw)) > 0.5 * float(
+        usable.max() or 1
+    )
     # Texture floor: a block's contrast must stand clear of the noise (the frames are blurred:
     # what is left of the noise is a fraction of the sensor's, hence the square of 2 sigma).
     floor = max(9.0, (2.0 * noise_sigma) ** 2)
-    textured = use & ((var_m > floor) | (var_f > floor))
-    ncc = cov / np.sqrt(np.maximum(var_f, floor) * np.maximum(var_m, floor))
+    textured, lost, matching, means = _texture_stats(
+        frame[:ch, :cw], model[:ch, :cw], use, block, floor
+    )
     n_textured = int(np.count_nonzero(textured))
-    lost = textured & (ncc < LOST_NCC)
-    matching = textured & (ncc > MATCH_NCC)
-    lost_share = float(np.count_nonzero(lost)) / max(1, n_textured)
+    lost_share = _lost_share(textured, lost)
     # Gain from the blocks that still show the background (a crowd does not bias it).
+    mm, mf = means
     ok = matching & (mm > 12.0)
     gain = float(np.median(mf[ok] / mm[ok])) if np.count_nonzero(ok) >= 4 else 1.0
     if n_textured < MIN_TEXTURED_SHARE * max(1, int(np.count_nonzero(use))):
         return Verdict("lighting", lost_share, n_textured, gain)
     (dx, dy), response = view_shift(frame, model)
-    if response >= PAN_MIN_RESPONSE and (dx * dx + dy * dy) ** 0.5 >= PAN_MIN_SHIFT_PX * scale:
-        return Verdict("view", lost_share, n_textured, gain, (dx, dy), response)
+    if response >= PAN_MIN_RESPONSE and max(abs(dx), abs(dy)) >= 1.0:
+        # A clear common shift; it is the camera's only if moving the model by it lines the
+        # street up again (many walkers going one way also give a shift, but not that). Even a
+        # pixel or two of it (a dome braking, a pole in the wind) loses fine texture everywhere.
+        shifted = _shifted_lost_share(frame, model, use, block, floor, (dx, dy))
+        if shifted <= PAN_ALIGNED_SHARE and shifted < PAN_GAIN * lost_share:
+            moved = (dx * dx + dy * dy) ** 0.5 >= PAN_MIN_SHIFT_PX * scale
+            return Verdict(
+                "view", lost_share, n_textured, gain, (dx, dy) if moved else None, response
+            )
     if lost_share >= VIEW_SHARE or (
         similarity < VIEW_SIMILARITY and lost_share >= VIEW_SHARE_DECORRELATED
     ):

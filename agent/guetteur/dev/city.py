@@ -68,14 +68,22 @@ def _walkers(seed: int, count: int, start: float, end: float) -> list[_Walker]:
 
 
 def crowd_rects(
-    width: int, height: int, t: float, seed: int, count: int, start: float, end: float
+    width: int,
+    height: int,
+    t: float,
+    seed: int,
+    count: int,
+    start: float,
+    end: float,
+    size: float = 1.0,
 ) -> list[tuple[int, int, int, int, _Walker]]:
-    """Pixel rectangles (x0, y0, x1, y1) of the crowd's walkers at time t, far ones first."""
+    """Pixel rectangles (x0, y0, x1, y1) of the crowd's walkers at time t, far ones first;
+    ``size`` scales them (2: a festival crowd right in front of the camera)."""
     rects = []
     for w in _walkers(seed, count, start, end):
         if not w.t0 <= t < w.t0 + w.duration:
             continue
-        body_h = int(height * (_FAR_HEIGHT + (_NEAR_HEIGHT - _FAR_HEIGHT) * w.depth))
+        body_h = int(size * height * (_FAR_HEIGHT + (_NEAR_HEIGHT - _FAR_HEIGHT) * w.depth))
         body_w = max(3, int(body_h * 0.28))
         foot = int(height * (_FOOT_BAND[0] + (_FOOT_BAND[1] - _FOOT_BAND[0]) * w.depth))
         frac = (t - w.t0) / w.duration
@@ -87,9 +95,11 @@ def crowd_rects(
     return rects
 
 
-def draw_crowd(img: np.ndarray, t: float, seed: int, count: int, start: float, end: float) -> None:
+def draw_crowd(
+    img: np.ndarray, t: float, seed: int, count: int, start: float, end: float, size: float = 1.0
+) -> None:
     height, width = img.shape[:2]
-    for x0, y0, x1, y1, w in crowd_rects(width, height, t, seed, count, start, end):
+    for x0, y0, x1, y1, w in crowd_rects(width, height, t, seed, count, start, end, size):
         bw = x1 - x0
         head_r = max(1, bw // 3)
         cx = (x0 + x1) // 2

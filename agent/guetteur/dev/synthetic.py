@@ -104,6 +104,7 @@ _COMMON: dict[str, float] = {
     "noise": -1.0,  # sensor noise sigma in grey levels; -1 = the scene's own
     "brightness": -1.0,  # global gain of the scene; -1 = the scene's own
     "crowd": 0.0,  # walkers in the crowd
+    "crowd_size": 1.0,  # their size (2: a festival crowd right in front of the camera)
     "queue": 0.0,  # cars in the queue
     "rain": 0.0,  # rain density (1 = heavy)
     "snow": 0.0,  # snow density
@@ -164,7 +165,8 @@ class Scenario:
         x0 = city.pan_offset(t, p["pan_start"], p["pan_end"], p["pan"], self.width)
         img = self.background()[:, x0 : x0 + self.width].copy()
         if p["crowd"] > 0:
-            city.draw_crowd(img, t, seed, int(p["crowd"]), p["start"], p["end"])
+            args = (seed, int(p["crowd"]), p["start"], p["end"], p["crowd_size"])
+            city.draw_crowd(img, t, *args)
         if p["queue"] > 0:
             city.draw_queue(img, t, seed, int(p["queue"]), p["start"], p["end"])
         if self.name == "foliage" or p.get("sway", 0.0) > 0:
@@ -209,7 +211,8 @@ class Scenario:
             rects.append(_walker_rect(t, p["start"], p["end"], self.width, self.height))
         if p["crowd"] > 0:
             args = (self.width, self.height, t, int(p["seed"]), int(p["crowd"]))
-            rects += [r[:4] for r in city.crowd_rects(*args, p["start"], p["end"])]
+            extent = (p["start"], p["end"], p["crowd_size"])
+            rects += [r[:4] for r in city.crowd_rects(*args, *extent)]
         if p["queue"] > 0:
             args = (self.width, self.height, t, int(p["seed"]), int(p["queue"]))
             rects += [r[:4] for r in city.queue_rects(*args, p["start"], p["end"])]
