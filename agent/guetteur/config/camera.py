@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 from urllib.parse import urlsplit, urlunsplit
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 
 from guetteur.config.base import ConfigSection, Polygon
 from guetteur.uplink.protocol import ID_PATTERN
+
+if TYPE_CHECKING:  # defined in config/analytics.py, which needs this module's filters
+    from guetteur.config.analytics import CameraAnalyticsConfig
 
 SOURCE_SCHEMES = ("rtsp://", "rtsps://", "file:", "test:", "picamera2:", "v4l2:")
 _SCHEMES_SENTENCE = "expected rtsp://, rtsps://, file:, test:, picamera2: or v4l2:"
@@ -221,6 +224,10 @@ class CameraConfig(ConfigSection):
     ptz: PtzConfig | None = Field(
         None, description="How to steer this camera, when it is a PTZ dome"
     )
+    analytics: CameraAnalyticsConfig = Field(
+        default_factory=lambda: _default_analytics(),
+        description="PTZ presets, night settings and rules that make alerts",
+    )
 
     @field_validator("id")
     @classmethod
@@ -238,6 +245,13 @@ class CameraConfig(ConfigSection):
             raise ValueError(_SCHEMES_SENTENCE)
         return v
 
+    @model_validator(mode="after")
+    def _analytics(self) -> CameraConfig:
+        from guetteur.config.analytics import check_camera_analytics
+
+        check_camera_analytics(self.analytics, self.ptz.presets if self.ptz else None)
+        return self
+
     def stream_url(self, sub: bool = False) -> str:
         """The URL with credentials inserted (for opening the stream; never log it)."""
         url = self.sub_url if sub and self.sub_url else self.url
@@ -251,3 +265,9 @@ class CameraConfig(ConfigSection):
                     cred += ":" + quote(self.password.get_secret_value(), safe="")
                 url = urlunsplit(parts._replace(netloc=f"{cred}@{parts.netloc}"))
         return url
+
+
+def _default_analytics() -> CameraAnalyticsConfig:
+    from guetteur.config.analytics import CameraAnalyticsConfig
+
+    return CameraAnalyticsConfig()
