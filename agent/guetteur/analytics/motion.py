@@ -46,7 +46,7 @@ import numpy as np
 
 from guetteur.analytics import blobs as blobmod
 from guetteur.analytics.masks import NormPolygon, PolygonMask
-from guetteur.analytics.scene import Cause, classify
+from guetteur.analytics.scene import Cause, camera_moved, classify
 from guetteur.config import MotionConfig
 from guetteur.media.types import Box
 
@@ -77,6 +77,10 @@ _MAD_TO_SIGMA = 1.0 / 0.6745
 _FLAT_WINDOW = 5
 _FLAT_SHARE = 0.25
 _MIN_NOISE_SAMPLES = 64
+# A frame that does not look global but has this share of its pixels changed and a coarse
+# correlation with the model below this is probed for a camera move (one common shift).
+_PAN_PROBE_CHANGED = 0.03
+_PAN_PROBE_SIMILARITY = 0.95
 # OpenCV takes a Python number as the second operand of its arithmetic (a Scalar); its type
 # stubs only know arrays.
 _cv: Any = cv2
@@ -228,6 +232,30 @@ class MotionDetector:
             or changed_ratio > cfg.global_change_ratio
             or (cfg.scene_change_similarity > 0 and similarity < cfg.scene_change_similarity)
         )
+        if (
+            not globalish
+            and changed_ratio > _PAN_PROBE_CHANGED
+            and similarity < _PAN_PROBE_SIMILARITY
+        ):
+            # Edges changing all over a picture that still correlates: the first frames of a
+            # slow pan look like that, and so do a few walkers. One common shift tells.
+            moved = camera_moved(frame, bg, self._usable, self._noise, cfg.work_scale)
+            if moved is not None and moved.shift is not None:
+                h, w = frame.shape
+                self._seed(frame)
+                return MotionResult(
+                    0.0,
+                    [],
+                    True,
+                    False,
+                    changed_ratio=changed_ratio,
+                    gain=gain,
+                    threshold=threshold,
+                    cause="view",
+                    shift=(moved.shift[0] / w, moved.shift[1] / h),
+                    similarity=similarity,
+                    noise_sigma=self._noise,
+                )
         if globalish:
             verdict = classify(frame, bg, self._usable, self._noise, cfg.work_scale, similarity)
             cause = verdict.cause

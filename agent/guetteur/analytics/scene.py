@@ -189,3 +189,32 @@ def classify(
     if lost_share <= LIGHTING_SHARE:
         return Verdict("lighting", lost_share, n_textured, gain)
     return Verdict("crowd", lost_share, n_textured, gain)
+
+
+def camera_moved(
+    frame: np.ndarray,
+    model: np.ndarray,
+    usable: np.ndarray,
+    noise_sigma: float,
+    scale: float = 1.0,
+) -> Verdict | None:
+    """A "view" verdict when the whole picture moved by one shift (the first frames of a slow
+    pan, before most of the picture has changed), else None. For frames that do not look
+    global yet: only the phase correlation and, when it finds a shift, the alignment check."""
+    (dx, dy), response = view_shift(frame, model)
+    if response < PAN_MIN_RESPONSE or max(abs(dx), abs(dy)) < PAN_MIN_SHIFT_PX * scale:
+        return None
+    h, w = frame.shape
+    block = max(4, round(BLOCK * scale))
+    bh, bw = max(1, h // block), max(1, w // block)
+    ch, cw = bh * block, bw * block
+    use = _block_means(usable[:ch, :cw].astype(np.float32), (bh, bw)) > 0.5 * float(
+        usable.max() or 1
+    )
+    floor = max(9.0, (2.0 * noise_sigma) ** 2)
+    textured, lost, _, _ = _texture_stats(frame[:ch, :cw], model[:ch, :cw], use, block, floor)
+    lost_share = _lost_share(textured, lost)
+    shifted = _shifted_lost_share(frame, model, use, block, floor, (dx, dy))
+    if shifted <= PAN_ALIGNED_SHARE and shifted < PAN_GAIN * lost_share:
+        return Verdict("view", lost_share, int(np.count_nonzero(textured)), 1.0, (dx, dy), response)
+    return None
