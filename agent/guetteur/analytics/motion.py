@@ -81,6 +81,8 @@ _MIN_NOISE_SAMPLES = 64
 # correlation with the model below this is probed for a camera move (one common shift).
 _PAN_PROBE_CHANGED = 0.03
 _PAN_PROBE_SIMILARITY = 0.95
+# ... and the shift it must reach (pixels of a 320-px frame) to be a move, not a shake.
+_PAN_CONFIRM_PX = 8.0
 # OpenCV takes a Python number as the second operand of its arithmetic (a Scalar); its type
 # stubs only know arrays.
 _cv: Any = cv2
@@ -132,6 +134,7 @@ class MotionDetector:
         self._size: tuple[int, int] | None = None
         self._background: np.ndarray | None = None  # float32, blurred grey
         self._previous: np.ndarray | None = None  # the last frame, blurred
+        self._last_shift: tuple[float, float] | None = None  # the last frame's pan probe
         self._age: np.ndarray | None = None  # frames each pixel has stayed changed
         self._usable: np.ndarray | None = None  # uint8 255 where analysed (outside masks)
         self._usable_count = 1
@@ -240,7 +243,18 @@ class MotionDetector:
             # Edges changing all over a picture that still correlates: the first frames of a
             # slow pan look like that, and so do a few walkers. One common shift tells.
             moved = camera_moved(frame, bg, self._usable, self._noise, cfg.work_scale)
-            if moved is not None and moved.shift is not None:
+            shift = moved.shift if moved is not None else None
+            # A pan keeps its direction from one frame to the next and takes the view ever
+            # further from the model; a camera shaking on its pole does neither (a few pixels,
+            # any way).
+            steady = (
+                shift is not None
+                and self._last_shift is not None
+                and shift[0] * self._last_shift[0] + shift[1] * self._last_shift[1] > 0
+                and float(np.hypot(*shift)) >= _PAN_CONFIRM_PX * cfg.work_scale
+            )
+            self._last_shift = shift
+            if moved is not None and moved.shift is not None and steady:
                 h, w = frame.shape
                 self._seed(frame)
                 return MotionResult(
@@ -256,6 +270,8 @@ class MotionDetector:
                     similarity=similarity,
                     noise_sigma=self._noise,
                 )
+        else:
+            self._last_shift = None
         if globalish:
             verdict = classify(frame, bg, self._usable, self._noise, cfg.work_scale, similarity)
             cause = verdict.cause
