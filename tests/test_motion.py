@@ -462,12 +462,11 @@ def test_rain_snow_and_insects_make_no_event(name: str, tmp_path: Path) -> None:
     the transient filter's doing (without it the blurred flakes near the lens raise one); rain
     streaks are thin and the area filter alone drops them; the insects, blurred by the codec,
     barely clear the threshold at 5 fps."""
+    import av
+
     from guetteur.analytics.events import EventTracker
     from guetteur.config import EventsConfig
     from guetteur.media.types import AnalyticFrame
-
-    import av
-
     from guetteur.sources.decode import FrameSampler, frame_to_luma
 
     def analytic_frames(path: Path, fps: float, width: int) -> list[tuple[float, np.ndarray]]:
