@@ -42,14 +42,39 @@ import yaml
 from guetteur.analytics.events import EventTracker
 from guetteur.analytics.masks import PolygonMask
 from guetteur.analytics.motion import MotionDetector, MotionResult
-from guetteur.config import EventsConfig, MotionConfig
+from guetteur.analytics.pipeline import CameraAnalytics
+from guetteur.config import CameraConfig, EventsConfig, MotionConfig
 from guetteur.media.types import AnalyticFrame, Box
-from guetteur.sources.decode import DecodePlan, FrameSampler, analytic_size, frame_to_luma
+from guetteur.sources.decode import (
+    DecodePlan,
+    FrameSampler,
+    analytic_size,
+    chroma_level,
+    frame_to_luma,
+)
+
+
+class _Timed:
+    """Times a detector's ``process`` (wall and thread CPU), wherever it is called from."""
+
+    def __init__(self, detector: Any) -> None:
+        self.wall_s = 0.0
+        self.cpu_s = 0.0
+        self._process = detector.process
+        detector.process = self.process
+
+    def process(self, image: np.ndarray) -> Any:
+        t0, c0 = time.perf_counter(), time.thread_time()
+        try:
+            return self._process(image)
+        finally:
+            self.cpu_s += time.thread_time() - c0
+            self.wall_s += time.perf_counter() - t0
 
 
 def analytic_frames(
-    path: str | Path, fps: float, width: int, threads: int = 0
-) -> Iterator[tuple[float, np.ndarray]]:
+    path: str | Path, fps: float, width: int, threads: int = 0, with_chroma: bool = False
+) -> Iterator[Any]:
     """Yield (seconds from the first frame, grey image) at ``fps`` and ``width`` from a clip.
 
     Uses the camera sources' own helpers (guetteur.sources.decode): every frame is decoded
@@ -81,7 +106,10 @@ def analytic_frames(
                 continue
             if size is None:
                 size = analytic_size(frame.width, frame.height, width)
-            yield t, frame_to_luma(frame, size)
+            if with_chroma:
+                yield t, frame_to_luma(frame, size), chroma_level(frame)
+            else:
+                yield t, frame_to_luma(frame, size)
 
 
 class _ContourReference:
@@ -230,47 +258,76 @@ def score_clip(
     privacy_masks: list[Any] | None = None,
     detector_name: str = "guetteur",
     on_frame: Callable[[float, MotionResult], None] | None = None,
+    analytics_cfg: dict[str, Any] | None = None,
 ) -> ClipScore:
     ignore = list(ignore_masks or []) + list((truth_doc or {}).get("ignore_masks", []))
-    privacy = PolygonMask(
-        list(privacy_masks or []) + list((truth_doc or {}).get("privacy_masks", []))
-    )
-    detector = make_detector(detector_name, motion_cfg or MotionConfig(), ignore)
-    tracker = EventTracker("bench", events_cfg or EventsConfig(), clock_synced=lambda: True)
+    privacy_list = list(privacy_masks or []) + list((truth_doc or {}).get("privacy_masks", []))
+    privacy = PolygonMask(privacy_list)
+    events = events_cfg or EventsConfig()
+    motion = motion_cfg or MotionConfig()
+    # guetteur: the camera's whole analysis (view masks, PTZ pause for a dome, night settings,
+    # motion, rules, events), as the gateway runs it; the references: their detector + events.
+    analytics: CameraAnalytics | None = None
+    detector: Any = None
+    if detector_name == "guetteur":
+        camera = CameraConfig.model_validate(
+            {
+                "id": "bench",
+                "url": "test:quiet",
+                "motion": motion.model_dump(),
+                "ignore_masks": ignore,
+                "privacy_masks": privacy_list,
+                "analytics": analytics_cfg or {},
+                # a scene shot by a PTZ dome (truth "ptz": true): its moves pause analysis
+                "ptz": (
+                    {"protocol": "pelco-d", "serial_port": "/dev/null"}
+                    if (truth_doc or {}).get("ptz")
+                    else None
+                ),
+            }
+        )
+        analytics = CameraAnalytics(camera, events, clock_synced=lambda: True)
+        detector = analytics.motion
+    else:
+        detector = make_detector(detector_name, motion, ignore)
+    tracker = EventTracker("bench", events, clock_synced=lambda: True)
+    timing = _Timed(detector)
     intervals: list[tuple[float, float]] = []
     open_starts: dict[str, float] = {}
     frames = 0
     global_frames = 0
     thresholds: list[float] = []
-    motion_s = 0.0
-    motion_cpu_s = 0.0
     last_t = 0.0
     truth = None
     if truth_doc is not None:
         truth = [(float(e["start"]), float(e["end"])) for e in truth_doc.get("events", [])]
     in_events = 0
     motion_in_events = 0
-    for t, image in analytic_frames(clip, fps, width):
-        image = privacy.blackout(image)
-        t0, c0 = time.perf_counter(), time.thread_time()
-        result = detector.process(image)
-        motion_cpu_s += time.thread_time() - c0
-        motion_s += time.perf_counter() - t0
+    for t, image, chroma in analytic_frames(clip, fps, width, with_chroma=True):
+        frame = AnalyticFrame(camera="bench", image=image, pts_s=t, wallclock=t, chroma=chroma)
+        if analytics is not None:
+            analysis = analytics.process(frame)
+            result, moving, updates = analysis.result, analysis.motion, analysis.updates
+        else:
+            frame = AnalyticFrame("bench", privacy.blackout(image), t, t, chroma=chroma)
+            result = timing.process(frame.image)
+            moving = result.motion
+            updates = tracker.update(frame, result)
         frames += 1
         if truth and any(s <= t < e for s, e in truth):
             in_events += 1
-            motion_in_events += bool(result.motion)
+            motion_in_events += bool(moving)
         global_frames += result.global_change
         if result.threshold > 0:
             thresholds.append(result.threshold)
         if on_frame is not None:
             on_frame(t, result)
         last_t = t
-        frame = AnalyticFrame(camera="bench", image=image, pts_s=t, wallclock=t)
-        for upd in tracker.update(frame, result):
+        for upd in updates:
             _collect(upd, open_starts, intervals)
-    for upd in tracker.flush():
+    for upd in analytics.flush() if analytics is not None else tracker.flush():
         _collect(upd, open_starts, intervals)
+    motion_s, motion_cpu_s = timing.wall_s, timing.cpu_s
     duration = last_t + 1.0 / fps if frames else 0.0
     score = ClipScore(
         clip=str(clip),
@@ -314,9 +371,10 @@ def _collect(upd: Any, open_starts: dict[str, float], intervals: list[tuple[floa
 
 def load_settings(
     path: str | None,
-) -> tuple[MotionConfig, EventsConfig, list[Any], list[Any]]:
+) -> tuple[MotionConfig, EventsConfig, list[Any], list[Any], dict[str, Any]]:
+    """(motion, events, ignore masks, privacy masks, the camera's ``analytics`` section)."""
     if path is None:
-        return MotionConfig(), EventsConfig(), [], []
+        return MotionConfig(), EventsConfig(), [], [], {}
     raw = yaml.safe_load(Path(path).read_text()) or {}
     if not isinstance(raw, dict):
         raise ValueError(f"{path}: expected a YAML mapping")
@@ -327,12 +385,14 @@ def load_settings(
         if not cfg.cameras:
             raise ValueError(f"{path}: no camera to take motion settings from")
         cam = cfg.cameras[0]
-        return cam.motion, cfg.events, list(cam.ignore_masks), list(cam.privacy_masks)
+        analytics = cam.analytics.model_dump(by_alias=True, exclude_defaults=True)
+        return cam.motion, cfg.events, list(cam.ignore_masks), list(cam.privacy_masks), analytics
     return (
         MotionConfig.model_validate(raw.get("motion", {})),
         EventsConfig.model_validate(raw.get("events", {})),
         list(raw.get("ignore_masks", [])),
         list(raw.get("privacy_masks", [])),
+        dict(raw.get("analytics", {})),
     )
 
 
@@ -446,7 +506,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.dir and not args.clip:
         parser.error("give CLIP [TRUTH.json] or --dir DIR")
     try:
-        motion_cfg, events_cfg, ignore, privacy = load_settings(args.config)
+        motion_cfg, events_cfg, ignore, privacy, analytics_cfg = load_settings(args.config)
         jobs: list[tuple[Path, dict[str, Any] | None]] = []
         if args.dir:
             for clip in sorted(Path(args.dir).glob("*.mp4")):
@@ -477,6 +537,7 @@ def main(argv: list[str] | None = None) -> int:
                         privacy,
                         name,
                         on_frame,
+                        analytics_cfg,
                     )
                 )
     except (OSError, ValueError, av.FFmpegError) as exc:

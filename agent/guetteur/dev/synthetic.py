@@ -310,6 +310,7 @@ def truth_document(sc: Scenario) -> dict[str, object]:
         "duration_s": sc.duration_s,
         "events": [{"start": s, "end": e} for s, e in sc.truth],
         "ignore_masks": [[list(pt) for pt in poly] for poly in sc.ignore_masks],
+        **({"ptz": True} if sc.params.get("pan", 0.0) > 0 else {}),  # shot by a dome
     }
 
 
