@@ -8,6 +8,7 @@ docs/sources.md (``bench/source_decode.py``).
 from __future__ import annotations
 
 import math
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from fractions import Fraction
@@ -79,8 +80,19 @@ def frame_to_luma(frame: av.VideoFrame, size: tuple[int, int]) -> np.ndarray:
         if frame.format.name not in _FULL_RANGE and frame.color_range != _COLOR_RANGE_JPEG:
             cv2.LUT(y, _LIMITED_TO_FULL, dst=y)
         return y
-    out = frame.reformat(width=w, height=h, format="gray", interpolation="AREA").to_ndarray()
-    return np.ascontiguousarray(out)
+    reformatter = getattr(_reformatters, "luma", None)
+    if reformatter is None:
+        from av.video.reformatter import VideoReformatter
+
+        reformatter = _reformatters.luma = VideoReformatter()
+    out = reformatter.reformat(frame, width=w, height=h, format="gray", interpolation="AREA")
+    return np.ascontiguousarray(out.to_ndarray())
+
+
+# One libswscale context per thread for the luma pass: ``frame.reformat`` builds a new one for
+# every call (its filter set-up costs as much as the scaling); a context is never shared by two
+# threads.
+_reformatters = threading.local()
 
 
 def chroma_level(frame: av.VideoFrame) -> float | None:
