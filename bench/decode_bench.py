@@ -9,13 +9,15 @@ given with --clip) it measures, single-threaded (PyAV ``thread_count=1``):
 
 - raw decode fps: decode every frame, no conversion (the physical limit of one core);
 - pipeline fps: the same decode plus what a camera source and the motion detector do per camera
-  at default settings: keep 5 fps (``guetteur.sources.decode.FrameSampler``), scale + convert
-  those frames to 320 px wide BGR in one swscale pass (``frame_to_bgr``), privacy blackout and
-  ``MotionDetector.process`` on them;
+  at default settings: keep 5 fps (``guetteur.sources.decode.FrameSampler``), read the luma
+  plane of those frames and scale it to 320 px (``frame_to_luma``: no colour conversion),
+  privacy blackout and ``MotionDetector.process`` on them;
 - their ratio (1.0 = analytics cost nothing beyond decoding), by wall time and by CPU time
   (the CPU ratio is the steadier one on a shared machine), and the equivalent number of 25 fps
   cameras one core could serve;
-- the motion detector's own time per analysed frame (ms) and the conversion's.
+- the motion detector's own time per analysed frame (ms) and the conversion's;
+- on the same analysed frames, in the same run, the time per frame of the two references of
+  ``bench/motion_accuracy.py``: OpenCV's MOG2 and the textbook running average.
 
 Best of ``--repeat`` runs (the machine may be shared); CPU time is printed beside wall time.
 """
@@ -41,7 +43,7 @@ import cv2
 from guetteur.analytics.masks import PolygonMask
 from guetteur.analytics.motion import MotionDetector
 from guetteur.config import MotionConfig
-from guetteur.sources.decode import FrameSampler, analytic_size, frame_to_bgr
+from guetteur.sources.decode import FrameSampler, analytic_size, frame_to_luma
 
 
 @dataclass
@@ -69,6 +71,9 @@ class Row:
     analysed_frames: int
     convert_ms: float
     motion_ms: float
+    motion_cpu_ms: float = 0.0
+    mog2_ms: float = 0.0
+    textbook_ms: float = 0.0
 
 
 def make_clip(path: Path, width: int, height: int, seconds: float, fps: float) -> None:
@@ -119,7 +124,7 @@ def pipeline(path: Path, analytic_fps: float, analytic_width: int) -> Run:
         if size is None:
             size = analytic_size(frame.width, frame.height, analytic_width)
         t0 = time.perf_counter()
-        image = privacy.blackout(frame_to_bgr(frame, size))
+        image = privacy.blackout(frame_to_luma(frame, size))
         t1 = time.perf_counter()
         detector.process(image)
         run.motion_s += time.perf_counter() - t1
@@ -129,6 +134,48 @@ def pipeline(path: Path, analytic_fps: float, analytic_width: int) -> Run:
     run.cpu_s = time.process_time() - c0
     container.close()
     return run
+
+
+def references(
+    path: Path, analytic_fps: float, analytic_width: int, repeat: int
+) -> tuple[float, float, float]:
+    """(guetteur CPU ms, MOG2 ms, textbook ms) per analysed frame, on the same luma frames."""
+    import importlib.util
+
+    # the references of the accuracy bench, loaded from its file (bench/ is not a package)
+    spec = importlib.util.spec_from_file_location(
+        "motion_accuracy", Path(__file__).resolve().parent / "motion_accuracy.py"
+    )
+    assert spec is not None and spec.loader is not None
+    accuracy: Any = importlib.util.module_from_spec(spec)
+    sys.modules["motion_accuracy"] = accuracy  # its dataclasses look their module up
+    spec.loader.exec_module(accuracy)
+
+    container, stream = _open(path)
+    sampler = FrameSampler(analytic_fps)
+    images = []
+    for frame in container.decode(stream):
+        if frame.pts is not None and sampler.take(float(frame.pts * frame.time_base)):
+            size = analytic_size(frame.width, frame.height, analytic_width)
+            images.append(frame_to_luma(frame, size))
+    container.close()
+    cfg = MotionConfig()
+    out = []
+    makers: list[Any] = [
+        lambda: MotionDetector(cfg),
+        lambda: accuracy.Mog2Detector(cfg, []),
+        lambda: accuracy.TextbookDetector(cfg, []),
+    ]
+    for make in makers:
+        best = float("inf")
+        for _ in range(repeat):
+            det = make()
+            c0 = time.thread_time()
+            for image in images:
+                det.process(image)
+            best = min(best, (time.thread_time() - c0) / max(1, len(images)))
+        out.append(round(1000 * best, 3))
+    return out[0], out[1], out[2]
 
 
 def bench_clip(path: Path, repeat: int, analytic_fps: float, analytic_width: int) -> Row:
@@ -157,6 +204,13 @@ def bench_clip(path: Path, repeat: int, analytic_fps: float, analytic_width: int
         analysed_frames=pipe.analysed,
         convert_ms=round(1000 * min(p.convert_s / max(1, p.analysed) for p in pipes), 3),
         motion_ms=round(1000 * min(p.motion_s / max(1, p.analysed) for p in pipes), 3),
+        **dict(
+            zip(
+                ("motion_cpu_ms", "mog2_ms", "textbook_ms"),
+                references(path, analytic_fps, analytic_width, repeat),
+                strict=True,
+            )
+        ),
     )
 
 
@@ -202,12 +256,14 @@ def main(argv: list[str] | None = None) -> int:
         f"{machine['python']}, PyAV {machine['pyav']} (libavcodec {machine['ffmpeg']})"
     )
     print(
-        f"single thread; pipeline = decode + {args.analytic_fps:g} fps sampling + scale/convert "
-        f"to {args.analytic_width} px + motion (defaults); best of {args.repeat}"
+        f"single thread; pipeline = decode + {args.analytic_fps:g} fps sampling + luma plane "
+        f"scaled to {args.analytic_width} px + motion (defaults); best of {args.repeat}; "
+        "cpu/MOG2/textbook ms: thread CPU per analysed frame, same frames"
     )
     head = (
         f"{'clip':<24} {'size':>9} {'raw fps':>8} {'(cpu)':>7} {'pipe fps':>8} {'(cpu)':>7} "
-        f"{'ratio':>6} {'(cpu)':>6} {'cams@25':>7} {'conv ms':>7} {'motion ms':>9}"
+        f"{'ratio':>6} {'(cpu)':>6} {'cams@25':>7} {'conv ms':>7} {'motion ms':>9} "
+        f"{'cpu ms':>6} {'MOG2 ms':>7} {'textbk ms':>9}"
     )
     print(head)
     print("-" * len(head))
@@ -215,7 +271,8 @@ def main(argv: list[str] | None = None) -> int:
         print(
             f"{r.clip[:24]:<24} {r.size:>9} {r.raw_fps:>8.1f} {r.raw_cpu_fps:>7.1f} "
             f"{r.pipeline_fps:>8.1f} {r.pipeline_cpu_fps:>7.1f} {r.ratio:>6.3f} {r.ratio_cpu:>6.3f} "
-            f"{r.cameras_25fps_per_core:>7.1f} {r.convert_ms:>7.3f} {r.motion_ms:>9.3f}"
+            f"{r.cameras_25fps_per_core:>7.1f} {r.convert_ms:>7.3f} {r.motion_ms:>9.3f} "
+            f"{r.motion_cpu_ms:>6.3f} {r.mog2_ms:>7.3f} {r.textbook_ms:>9.3f}"
         )
     return 0
 

@@ -5,8 +5,9 @@
                                   [--seed N]
 
 Writes OUTDIR/NAME.mp4 and OUTDIR/NAME.json (``{"events": [...], "ignore_masks": [...]}``) for
-the six base scenes of ``guetteur.dev.synthetic`` and a few harder variants, then score them with
-``bench/motion_accuracy.py --dir OUTDIR``.
+every scene of ``guetteur.dev.synthetic`` (the base street troubles and those of a real city:
+crowds, a queue of cars, rain, snow, insects, the switch to infrared, a panning dome) and harder
+variants that combine them, then score them with ``bench/motion_accuracy.py --dir OUTDIR``.
 """
 
 from __future__ import annotations
@@ -28,6 +29,27 @@ VARIANTS: dict[str, tuple[str, dict[str, float]]] = {
     "lighting_hard": ("lighting", {"gain": 2.2, "ramp": 0.0, "back_at": 9.0}),
     "lighting_dim": ("lighting", {"gain": 0.45, "ramp": 1.0, "back_at": 10.0}),
     "quiet_long": ("quiet", {"duration": 60.0}),
+    # A real city (issue 16): crowds are motion, weather and insects are not, infrared switches
+    # the camera to its night settings, a panning dome pauses analysis.
+    "crowd_dense": ("crowd", {"crowd": 200.0, "crowd_size": 2.4}),
+    "crowd_lighting": (
+        "lighting",
+        {
+            "crowd": 60.0,
+            "start": 3.0,
+            "end": 17.0,
+            "duration": 20.0,
+            "step_at": 8.0,
+            "back_at": 13.0,
+            "gain": 1.4,
+            "ramp": 0.6,
+        },
+    ),
+    "rain_walk": ("rain", {"walker": 1.0, "start": 6.0, "end": 9.0}),
+    "snow_walk": ("snow", {"walker": 1.0, "start": 6.0, "end": 9.0}),
+    "insects_walk": ("insects", {"walker": 1.0, "start": 6.0, "end": 10.0}),
+    "ir_walk": ("ir_switch", {"walker": 1.0, "start": 13.0, "end": 17.0}),
+    "pan_walk": ("pan", {"walker": 1.0, "start": 10.0, "end": 13.0}),
 }
 
 

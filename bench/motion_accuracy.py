@@ -42,19 +42,45 @@ import yaml
 from guetteur.analytics.events import EventTracker
 from guetteur.analytics.masks import PolygonMask
 from guetteur.analytics.motion import MotionDetector, MotionResult
-from guetteur.config import EventsConfig, MotionConfig
+from guetteur.analytics.pipeline import CameraAnalytics
+from guetteur.config import CameraConfig, EventsConfig, MotionConfig
 from guetteur.media.types import AnalyticFrame, Box
-from guetteur.sources.decode import DecodePlan, FrameSampler, analytic_size, frame_to_bgr
+from guetteur.sources.decode import (
+    DecodePlan,
+    FrameSampler,
+    analytic_size,
+    chroma_level,
+    frame_to_luma,
+)
+
+
+class _Timed:
+    """Times a detector's ``process`` (wall and thread CPU), wherever it is called from."""
+
+    def __init__(self, detector: Any) -> None:
+        self.wall_s = 0.0
+        self.cpu_s = 0.0
+        self._process = detector.process
+        detector.process = self.process
+
+    def process(self, image: np.ndarray) -> Any:
+        t0, c0 = time.perf_counter(), time.thread_time()
+        try:
+            return self._process(image)
+        finally:
+            self.cpu_s += time.thread_time() - c0
+            self.wall_s += time.perf_counter() - t0
 
 
 def analytic_frames(
-    path: str | Path, fps: float, width: int, threads: int = 0
-) -> Iterator[tuple[float, np.ndarray]]:
-    """Yield (seconds from the first frame, BGR image) at ``fps`` and ``width`` from a clip.
+    path: str | Path, fps: float, width: int, threads: int = 0, with_chroma: bool = False
+) -> Iterator[Any]:
+    """Yield (seconds from the first frame, grey image) at ``fps`` and ``width`` from a clip.
 
     Uses the camera sources' own helpers (guetteur.sources.decode): every frame is decoded
     (P-frames depend on their predecessors; non-reference frames are skipped when the plan says
-    so), only the frames the sampler picks are scaled and converted, in one swscale pass.
+    so), and only the frames the sampler picks are scaled — their luma plane, as the sources
+    hand it to motion.
     """
     with av.open(str(path)) as container:
         stream = container.streams.video[0]
@@ -80,7 +106,10 @@ def analytic_frames(
                 continue
             if size is None:
                 size = analytic_size(frame.width, frame.height, width)
-            yield t, frame_to_bgr(frame, size)
+            if with_chroma:
+                yield t, frame_to_luma(frame, size), chroma_level(frame)
+            else:
+                yield t, frame_to_luma(frame, size)
 
 
 class _ContourReference:
@@ -128,7 +157,7 @@ class TextbookDetector(_ContourReference):
         self._bg: np.ndarray | None = None
 
     def foreground(self, image: np.ndarray) -> np.ndarray:
-        gray = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)
+        gray = image if image.ndim == 2 else cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)
         k = self.config.blur | 1
         gray = cv2.GaussianBlur(gray, (k, k), 0).astype(np.float32)
         if self._bg is None:
@@ -183,6 +212,12 @@ class ClipScore:
     false_alarms_per_hour: float | None = None
     global_change_frames: int = 0
     motion_ms_per_frame: float = 0.0
+    # The same cost as CPU time of the analysing thread (steadier on a shared machine).
+    motion_cpu_ms_per_frame: float = 0.0
+    # Analysed frames inside truth intervals, and how many of them reported motion.
+    frames_in_events: int = 0
+    motion_frames_in_events: int = 0
+    frame_recall: float | None = None
     # Grey-level threshold over the frames that computed one (not warm-up seeds nor global
     # changes found before the difference): median and highest.
     threshold_median: float | None = None
@@ -223,41 +258,77 @@ def score_clip(
     privacy_masks: list[Any] | None = None,
     detector_name: str = "guetteur",
     on_frame: Callable[[float, MotionResult], None] | None = None,
+    analytics_cfg: dict[str, Any] | None = None,
 ) -> ClipScore:
     ignore = list(ignore_masks or []) + list((truth_doc or {}).get("ignore_masks", []))
-    privacy = PolygonMask(
-        list(privacy_masks or []) + list((truth_doc or {}).get("privacy_masks", []))
-    )
-    detector = make_detector(detector_name, motion_cfg or MotionConfig(), ignore)
-    tracker = EventTracker("bench", events_cfg or EventsConfig(), clock_synced=lambda: True)
+    privacy_list = list(privacy_masks or []) + list((truth_doc or {}).get("privacy_masks", []))
+    privacy = PolygonMask(privacy_list)
+    events = events_cfg or EventsConfig()
+    motion = motion_cfg or MotionConfig()
+    # guetteur: the camera's whole analysis (view masks, PTZ pause for a dome, night settings,
+    # motion, rules, events), as the gateway runs it; the references: their detector + events.
+    analytics: CameraAnalytics | None = None
+    detector: Any = None
+    if detector_name == "guetteur":
+        camera = CameraConfig.model_validate(
+            {
+                "id": "bench",
+                "url": "test:quiet",
+                "motion": motion.model_dump(),
+                "ignore_masks": ignore,
+                "privacy_masks": privacy_list,
+                "analytics": analytics_cfg or {},
+                # a scene shot by a PTZ dome (truth "ptz": true): its moves pause analysis
+                "ptz": (
+                    {"protocol": "pelco-d", "serial_port": "/dev/null"}
+                    if (truth_doc or {}).get("ptz")
+                    else None
+                ),
+            }
+        )
+        analytics = CameraAnalytics(camera, events, clock_synced=lambda: True)
+        detector = analytics.motion
+    else:
+        detector = make_detector(detector_name, motion, ignore)
+    tracker = EventTracker("bench", events, clock_synced=lambda: True)
+    timing = _Timed(detector)
     intervals: list[tuple[float, float]] = []
     open_starts: dict[str, float] = {}
     frames = 0
     global_frames = 0
     thresholds: list[float] = []
-    motion_s = 0.0
     last_t = 0.0
-    for t, image in analytic_frames(clip, fps, width):
-        image = privacy.blackout(image)
-        t0 = time.perf_counter()
-        result = detector.process(image)
-        motion_s += time.perf_counter() - t0
+    truth = None
+    if truth_doc is not None:
+        truth = [(float(e["start"]), float(e["end"])) for e in truth_doc.get("events", [])]
+    in_events = 0
+    motion_in_events = 0
+    for t, image, chroma in analytic_frames(clip, fps, width, with_chroma=True):
+        frame = AnalyticFrame(camera="bench", image=image, pts_s=t, wallclock=t, chroma=chroma)
+        if analytics is not None:
+            analysis = analytics.process(frame)
+            result, moving, updates = analysis.result, analysis.motion, analysis.updates
+        else:
+            frame = AnalyticFrame("bench", privacy.blackout(image), t, t, chroma=chroma)
+            result = timing.process(frame.image)
+            moving = result.motion
+            updates = tracker.update(frame, result)
         frames += 1
+        if truth and any(s <= t < e for s, e in truth):
+            in_events += 1
+            motion_in_events += bool(moving)
         global_frames += result.global_change
         if result.threshold > 0:
             thresholds.append(result.threshold)
         if on_frame is not None:
             on_frame(t, result)
         last_t = t
-        frame = AnalyticFrame(camera="bench", image=image, pts_s=t, wallclock=t)
-        for upd in tracker.update(frame, result):
+        for upd in updates:
             _collect(upd, open_starts, intervals)
-    for upd in tracker.flush():
+    for upd in analytics.flush() if analytics is not None else tracker.flush():
         _collect(upd, open_starts, intervals)
+    motion_s, motion_cpu_s = timing.wall_s, timing.cpu_s
     duration = last_t + 1.0 / fps if frames else 0.0
-    truth = None
-    if truth_doc is not None:
-        truth = [(float(e["start"]), float(e["end"])) for e in truth_doc.get("events", [])]
     score = ClipScore(
         clip=str(clip),
         duration_s=round(duration, 3),
@@ -266,6 +337,10 @@ def score_clip(
         events=[(round(s, 3), round(e, 3)) for s, e in intervals],
         global_change_frames=global_frames,
         motion_ms_per_frame=round(1000 * motion_s / max(1, frames), 3),
+        motion_cpu_ms_per_frame=round(1000 * motion_cpu_s / max(1, frames), 3),
+        frames_in_events=in_events,
+        motion_frames_in_events=motion_in_events,
+        frame_recall=round(motion_in_events / in_events, 3) if in_events else None,
         threshold_median=round(statistics.median(thresholds), 1) if thresholds else None,
         threshold_max=round(max(thresholds), 1) if thresholds else None,
     )
@@ -296,9 +371,10 @@ def _collect(upd: Any, open_starts: dict[str, float], intervals: list[tuple[floa
 
 def load_settings(
     path: str | None,
-) -> tuple[MotionConfig, EventsConfig, list[Any], list[Any]]:
+) -> tuple[MotionConfig, EventsConfig, list[Any], list[Any], dict[str, Any]]:
+    """(motion, events, ignore masks, privacy masks, the camera's ``analytics`` section)."""
     if path is None:
-        return MotionConfig(), EventsConfig(), [], []
+        return MotionConfig(), EventsConfig(), [], [], {}
     raw = yaml.safe_load(Path(path).read_text()) or {}
     if not isinstance(raw, dict):
         raise ValueError(f"{path}: expected a YAML mapping")
@@ -309,12 +385,14 @@ def load_settings(
         if not cfg.cameras:
             raise ValueError(f"{path}: no camera to take motion settings from")
         cam = cfg.cameras[0]
-        return cam.motion, cfg.events, list(cam.ignore_masks), list(cam.privacy_masks)
+        analytics = cam.analytics.model_dump(by_alias=True, exclude_defaults=True)
+        return cam.motion, cfg.events, list(cam.ignore_masks), list(cam.privacy_masks), analytics
     return (
         MotionConfig.model_validate(raw.get("motion", {})),
         EventsConfig.model_validate(raw.get("events", {})),
         list(raw.get("ignore_masks", [])),
         list(raw.get("privacy_masks", [])),
+        dict(raw.get("analytics", {})),
     )
 
 
@@ -325,8 +403,8 @@ def _fmt(x: float | None, digits: int = 2) -> str:
 def print_table(scores: list[ClipScore]) -> None:
     head = (
         f"{'clip':<28} {'dur s':>6} {'truth':>5} {'found':>5} {'TP':>3} {'FP':>3} {'FN':>3} "
-        f"{'prec':>5} {'rec':>5} {'F1':>5} {'onset s':>7} {'FA/h':>6} {'glob':>4} {'ms/fr':>5} "
-        f"{'thr med/max':>11}"
+        f"{'prec':>5} {'rec':>5} {'F1':>5} {'fr.rec':>6} {'onset s':>7} {'FA/h':>6} {'glob':>4} "
+        f"{'ms/fr':>5} {'cpu ms':>6} {'thr med/max':>11}"
     )
     print(head)
     print("-" * len(head))
@@ -335,9 +413,9 @@ def print_table(scores: list[ClipScore]) -> None:
         print(
             f"{name:<28} {s.duration_s:>6.1f} {_fmt_int(s.truth):>5} {len(s.events):>5} "
             f"{s.tp:>3} {s.fp:>3} {s.fn:>3} {_fmt(s.precision):>5} {_fmt(s.recall):>5} "
-            f"{_fmt(s.f1):>5} {_fmt(s.median_onset_error_s):>7} "
+            f"{_fmt(s.f1):>5} {_fmt(s.frame_recall):>6} {_fmt(s.median_onset_error_s):>7} "
             f"{_fmt(s.false_alarms_per_hour, 0):>6} {s.global_change_frames:>4} "
-            f"{s.motion_ms_per_frame:>5.2f} "
+            f"{s.motion_ms_per_frame:>5.2f} {s.motion_cpu_ms_per_frame:>6.2f} "
             f"{_fmt(s.threshold_median, 0) + '/' + _fmt(s.threshold_max, 0):>11}"
         )
     scored = [s for s in scores if s.truth is not None]
@@ -348,8 +426,9 @@ def print_table(scores: list[ClipScore]) -> None:
             f"{'TOTAL':<28} {total['duration_s']:>6.1f} {total['truth']:>5} "
             f"{total['found']:>5} {total['tp']:>3} {total['fp']:>3} {total['fn']:>3} "
             f"{_fmt(total['precision']):>5} {_fmt(total['recall']):>5} {_fmt(total['f1']):>5} "
-            f"{_fmt(total['median_onset_error_s']):>7} "
-            f"{_fmt(total['false_alarms_per_hour'], 0):>6}"
+            f"{_fmt(total['frame_recall']):>6} {_fmt(total['median_onset_error_s']):>7} "
+            f"{_fmt(total['false_alarms_per_hour'], 0):>6} {'':>4} "
+            f"{total['motion_ms_per_frame']:>5.2f} {total['motion_cpu_ms_per_frame']:>6.2f}"
         )
     for s in scores:
         if s.truth is None:
@@ -374,6 +453,8 @@ def summarise(scores: list[ClipScore]) -> dict[str, Any]:
         f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
     onsets = [x for s in scores for x in s.onset_errors_s]
     quiet = sum(s.quiet_s for s in scores)
+    in_events = sum(s.frames_in_events for s in scores)
+    frames = sum(s.frames for s in scores)
     return {
         "duration_s": sum(s.duration_s for s in scores),
         "truth": n_truth,
@@ -387,6 +468,15 @@ def summarise(scores: list[ClipScore]) -> dict[str, Any]:
         "median_onset_error_s": statistics.median(onsets) if onsets else None,
         "quiet_s": quiet,
         "false_alarms_per_hour": round(fp * 3600.0 / quiet, 1) if quiet else None,
+        "frame_recall": (
+            round(sum(s.motion_frames_in_events for s in scores) / in_events, 3)
+            if in_events
+            else None
+        ),
+        "motion_ms_per_frame": sum(s.motion_ms_per_frame * s.frames for s in scores)
+        / max(1, frames),
+        "motion_cpu_ms_per_frame": sum(s.motion_cpu_ms_per_frame * s.frames for s in scores)
+        / max(1, frames),
     }
 
 
@@ -416,7 +506,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.dir and not args.clip:
         parser.error("give CLIP [TRUTH.json] or --dir DIR")
     try:
-        motion_cfg, events_cfg, ignore, privacy = load_settings(args.config)
+        motion_cfg, events_cfg, ignore, privacy, analytics_cfg = load_settings(args.config)
         jobs: list[tuple[Path, dict[str, Any] | None]] = []
         if args.dir:
             for clip in sorted(Path(args.dir).glob("*.mp4")):
@@ -447,6 +537,7 @@ def main(argv: list[str] | None = None) -> int:
                         privacy,
                         name,
                         on_frame,
+                        analytics_cfg,
                     )
                 )
     except (OSError, ValueError, av.FFmpegError) as exc:
@@ -472,7 +563,7 @@ def main(argv: list[str] | None = None) -> int:
         print("\n== comparison (all clips with truth)")
         print(
             f"{'detector':<10} {'TP':>4} {'FP':>4} {'FN':>4} {'prec':>5} {'rec':>5} {'F1':>5} "
-            f"{'onset s':>7} {'FA/h':>6}"
+            f"{'fr.rec':>6} {'onset s':>7} {'FA/h':>6} {'ms/fr':>6} {'cpu ms':>6}"
         )
         for name, scores in runs.items():
             scored = [s for s in scores if s.truth is not None]
@@ -481,8 +572,9 @@ def main(argv: list[str] | None = None) -> int:
             t = summarise(scored)
             print(
                 f"{name:<10} {t['tp']:>4} {t['fp']:>4} {t['fn']:>4} {_fmt(t['precision']):>5} "
-                f"{_fmt(t['recall']):>5} {_fmt(t['f1']):>5} "
-                f"{_fmt(t['median_onset_error_s']):>7} {_fmt(t['false_alarms_per_hour'], 0):>6}"
+                f"{_fmt(t['recall']):>5} {_fmt(t['f1']):>5} {_fmt(t['frame_recall']):>6} "
+                f"{_fmt(t['median_onset_error_s']):>7} {_fmt(t['false_alarms_per_hour'], 0):>6} "
+                f"{t['motion_ms_per_frame']:>6.3f} {t['motion_cpu_ms_per_frame']:>6.3f}"
             )
     return 0
 

@@ -10,8 +10,10 @@ is read with PyAV, single-threaded, in these ways:
   camera has a sub-stream for analytics);
 - decode all, convert none: the decode limit;
 - naive: decode all and convert every frame at full size to BGR, then cv2.resize to 320 px;
-- guetteur at 5 fps: decode all, convert only the frames the 5 fps sampler keeps, scaled and
-  converted in one swscale pass (``sources.decode.frame_to_bgr``) — the default;
+- 5 fps BGR: decode all, convert only the frames the 5 fps sampler keeps, scaled and converted
+  to BGR in one swscale pass (``sources.decode.frame_to_bgr``) — the default until issue 16;
+- guetteur at 5 fps: the same frames, luma plane only, scaled to grey in one swscale pass
+  (``sources.decode.frame_to_luma``) — the default: motion needs no colour;
 - guetteur at 0.5 fps: keyframes only (``DecodePlan.keyframes_only``): P-frames are not even
   handed to the decoder;
 - on a second clip with 2 B-frames between references (some cameras, most files): decode all
@@ -38,7 +40,13 @@ from typing import Any
 import av
 import cv2
 
-from guetteur.sources.decode import DecodePlan, FrameSampler, analytic_size, frame_to_bgr
+from guetteur.sources.decode import (
+    DecodePlan,
+    FrameSampler,
+    analytic_size,
+    frame_to_bgr,
+    frame_to_luma,
+)
 
 
 def make_clip(path: Path, size: str, seconds: float, bframes: int = 0) -> None:
@@ -87,7 +95,9 @@ def naive(container: Any, stream: Any, cc: Any) -> int:
     return n
 
 
-def sampled(fps: float, nonref: bool = False) -> Callable[[Any, Any, Any], int]:
+def sampled(fps: float, nonref: bool = False, luma: bool = True) -> Callable[[Any, Any, Any], int]:
+    convert = frame_to_luma if luma else frame_to_bgr
+
     def body(container: Any, stream: Any, cc: Any) -> int:
         if nonref and DecodePlan(fps).skip_nonref(25.0):
             cc.skip_frame = "NONREF"
@@ -102,7 +112,7 @@ def sampled(fps: float, nonref: bool = False) -> Callable[[Any, Any, Any], int]:
                 continue
             for frame in cc.decode(packet):
                 if sampler.take(frame.pts * tb):
-                    frame_to_bgr(frame, size)
+                    convert(frame, size)
                     n += 1
         return n
 
@@ -121,7 +131,8 @@ def main() -> int:
         ("demux only (packets)", demux_only),
         ("decode all, convert none", decode_all),
         ("naive: convert all + resize", naive),
-        ("guetteur 5 fps (default)", sampled(5.0)),
+        ("5 fps, BGR (before issue 16)", sampled(5.0, luma=False)),
+        ("guetteur 5 fps, luma (default)", sampled(5.0)),
         ("guetteur 0.5 fps (keyframes)", sampled(0.5)),
     ]
     with tempfile.TemporaryDirectory() as tmp:

@@ -346,7 +346,10 @@ def test_rtsp_packets_stream_info_and_analytic_frames(rtsp_server: RtspServerFac
     packets = sink.packets
     assert 4.0 <= rate <= 6.0, f"analytic rate {rate:.2f} fps, expected ~5"
     frame = sink.frames[-1]
-    assert frame.image.shape == (180, 320, 3) and frame.image.dtype == np.uint8
+    # motion gets the luma plane; colour is rendered from the decoded frame on demand
+    assert frame.image.shape == (180, 320) and frame.image.dtype == np.uint8
+    assert frame.colour().shape == (180, 320, 3)
+    assert frame.chroma is not None and frame.chroma > 1.0  # a colour test pattern
     assert frame.source_size == (640, 360)
     info = packets[0].stream
     assert (info.codec, info.width, info.height, info.time_base) == (
@@ -511,7 +514,7 @@ def test_rtsp_sub_stream_feeds_analytics_main_feeds_packets(
     assert {p.stream.width for p in sink.sub_packets} == {480}  # sub packets: for live "sub"
     assert any(p.keyframe for p in sink.sub_packets)
     assert {f.source_size for f in sink.frames} == {(480, 270)}  # frames: sub-stream
-    assert sink.frames[-1].image.shape == (180, 320, 3)
+    assert sink.frames[-1].image.shape == (180, 320)
     # sub-stream frames are placed on the main (recorded) timeline
     assert abs(sink.frames[-1].pts_s - sink.packets[-1].pts_s) < 1.5
 
@@ -594,7 +597,8 @@ def test_test_pattern_camera_gives_h264_packets_and_frames() -> None:
     assert packets[60].keyframe  # the loop at 2.4 s starts with a keyframe
     assert decodes_cleanly(packets) >= len(packets) - 1
     assert 12 <= len(sink.frames) <= 18
-    assert sink.frames[0].image.shape == (180, 320, 3)
+    assert sink.frames[0].image.shape == (180, 320)
+    assert sink.frames[0].colour(640).shape == (360, 640, 3)
     moving = [f for f in sink.frames if 0.8 <= f.pts_s <= 1.8]
     still = [f for f in sink.frames if f.pts_s <= 0.3]
     assert moving and still

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 from pathlib import Path
 from typing import Any
@@ -153,3 +154,50 @@ def test_truth_file(tmp_path: Path) -> None:
     doc = json.loads(path.read_text())
     assert doc["events"] == [{"start": 5.0, "end": 8.0}]
     assert len(doc["ignore_masks"]) == 1 and len(doc["ignore_masks"][0]) >= 3
+
+
+def test_city_scenes_have_the_truth_they_draw() -> None:
+    """Crowd and queue: truth is the whole time something of them is in view, with many objects
+    at once; weather, insects, infrared and a pan alone are no event."""
+    crowd = scenario("crowd", width=320, height=180, fps=5)
+    assert crowd.truth == [(3.0, 17.0)]
+    counts = [len(crowd.object_boxes(i)) for i in range(crowd.frame_count)]
+    inside = [n for i, n in enumerate(counts) if 4.0 <= crowd.time_of(i) < 16.0]
+    assert min(inside) >= 5 and max(inside) >= 12  # dozens cross; never an empty pavement
+    assert all(n == 0 for i, n in enumerate(counts) if not 3.0 <= crowd.time_of(i) < 17.0)
+    queue = scenario("queue", width=320, height=180, fps=5)
+    assert queue.truth == [(3.0, 16.0)]
+    inside = [len(queue.object_boxes(i)) for i in range(queue.frame_count) if 4 <= i / 5 < 15]
+    assert min(inside) >= 2  # bumper to bumper: the queue is never gone
+    for name in ("rain", "snow", "insects", "ir_switch", "pan"):
+        assert scenario(name, width=160, height=90).truth == [], name
+
+
+def test_infrared_switch_turns_the_picture_grey_and_noisier() -> None:
+    sc = scenario("ir_switch", width=320, height=180, fps=5)
+    before, after = sc.render(6 * 5).astype(float), sc.render(10 * 5).astype(float)
+    chroma = lambda im: float(np.abs(im - im.mean(axis=2, keepdims=True)).mean())  # noqa: E731
+    assert chroma(before) > 1.0 and chroma(after) < 0.01
+    assert after.mean() > before.mean()  # the illuminator
+    assert (sc.render(51).astype(float) - after).std() > (
+        sc.render(31).astype(float) - before
+    ).std()
+
+
+def test_pan_moves_the_view_then_holds_it() -> None:
+    sc = scenario("pan", width=320, height=180, fps=5)
+    frames = [sc.render(i).astype(float) for i in (10, 19, 22, 25, 35, 45)]
+    step = [float(np.abs(a - b).mean()) for a, b in itertools.pairwise(frames)]
+    assert step[0] < 5 and step[1] > 10 and step[2] > 10  # still, panning...
+    assert step[-1] < 5  # ...still again at the new view
+    assert float(np.abs(frames[0] - frames[-1]).mean()) > 10
+
+
+def test_rain_is_new_every_frame() -> None:
+    sc = scenario("rain", width=320, height=180, fps=5)
+    quiet = scenario("quiet", width=320, height=180, fps=5)
+    a = sc.render(10).astype(int) - quiet.render(10).astype(int)
+    b = sc.render(11).astype(int) - quiet.render(11).astype(int)
+    streaks_a, streaks_b = a.max(axis=2) > 20, b.max(axis=2) > 20
+    assert streaks_a.mean() > 0.005 and streaks_b.mean() > 0.005
+    assert (streaks_a & streaks_b).sum() < 0.2 * streaks_a.sum()

@@ -11,7 +11,11 @@ wall-clock times that go on the wire come from ``AnalyticFrame.wallclock``.
 - Updates go out at most every ``update_interval_s`` and only when something changed.
 - The event ends after ``end_quiet_s`` without motion; its end is the last motion frame.
 - An event longer than ``max_duration_s`` ends and a new one starts, so clips stay bounded.
-- The best frame (highest motion score, or best detection) becomes the JPEG snapshot.
+- The best frame (highest motion score, or best detection) becomes the JPEG snapshot; when the
+  snapshot may not be shown (``SnapshotWithheld``: a PTZ dome away from every preset whose
+  privacy masks are known), the event says why instead.
+- An event during which a rule held (``guetteur.analytics.rules``) is an ``alert`` naming the
+  first such rule; others are ``detection``. Events carry the PTZ preset the camera was at.
 """
 
 from __future__ import annotations
@@ -29,6 +33,17 @@ from guetteur.media.types import AnalyticFrame, Box
 from guetteur.timeutil import clock_synchronised
 
 EventKind = Literal["start", "update", "end"]
+Category = Literal["detection", "alert"]
+
+
+class SnapshotWithheld(Exception):
+    """Raised by a snapshot renderer that must not show this frame; ``reason`` goes in the event
+    (French first, English second, like every operator-facing text)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
 
 # A pts step larger than this (or backwards) is a discontinuity: a reconnect or a file loop.
 _MAX_GAP_S = 30.0
@@ -77,6 +92,10 @@ class EventUpdate:
     peak_score: float
     clock_synced: bool
     snapshot: bytes | None = None  # JPEG of the best frame so far, when it changed
+    category: Category = "detection"  # "alert" once a rule held during the event
+    rule: str | None = None  # the rule that made it an alert
+    preset: str | None = None  # the PTZ preset the camera was at when it started
+    snapshot_withheld: str | None = None  # why no snapshot may be shown, when so
 
     @property
     def message_id(self) -> str:
@@ -99,6 +118,9 @@ class _Active:
     snapshot_dirty: bool = False
     last_emit_s: float = 0.0
     changed: bool = False
+    rule: str | None = None
+    preset: str | None = None
+    withheld: str | None = None
 
 
 def encode_jpeg(image: np.ndarray, quality: int, max_width: int) -> bytes:
@@ -132,12 +154,13 @@ class EventTracker:
         self.config = config
         self._clock_synced = clock_synced
         self._require = set(require_labels)
-        self._snapshot_image = snapshot_image or (lambda frame: frame.image)
+        self._snapshot_image = snapshot_image or (lambda frame: frame.colour())
         self._run_start: tuple[float, float] | None = None  # (pts_s, wallclock) of the motion run
         self._run_frames = 0
         self._run_labels: dict[str, float] = {}
         self._last_pts: float | None = None
         self._active: _Active | None = None
+        self._run_rule: str | None = None  # a rule that held during the motion run
 
     @property
     def active_event(self) -> str | None:
@@ -148,7 +171,10 @@ class EventTracker:
         frame: AnalyticFrame,
         result: MotionLike,
         detections: Sequence[DetectionLike] = (),
+        rules: Sequence[str] = (),
+        preset: str | None = None,
     ) -> list[EventUpdate]:
+        """``rules``: the rules that hold at this frame; ``preset``: where the camera is."""
         out: list[EventUpdate] = []
         t = frame.pts_s
         if self._last_pts is not None and (t < self._last_pts or t - self._last_pts > _MAX_GAP_S):
@@ -156,10 +182,29 @@ class EventTracker:
         self._last_pts = t
 
         if self._active is None:
+            if rules and result.motion and self._run_rule is None:
+                self._run_rule = rules[0]
             self._idle(frame, result, detections, out)
+            started = self._current()
+            if started is not None:
+                started.preset = preset
+                out[-1].preset = preset
+                if self._run_rule is not None:
+                    started.rule = self._run_rule
+                    out[-1].category, out[-1].rule = "alert", self._run_rule
+                self._run_rule = None
         else:
+            ev = self._active
+            if rules and ev.rule is None:
+                ev.rule = rules[0]
+                ev.changed = True  # the next update says it became an alert
             self._running(frame, result, detections, out)
+        if self._active is None and not result.motion:
+            self._run_rule = None
         return out
+
+    def _current(self) -> _Active | None:
+        return self._active
 
     def flush(self) -> list[EventUpdate]:
         """End the running event now (camera stopped, agent shutting down)."""
@@ -259,7 +304,12 @@ class EventTracker:
         if not ev.snapshot_dirty or ev.best_frame is None:
             return None
         ev.snapshot_dirty = False
-        image = self._snapshot_image(ev.best_frame)
+        try:
+            image = self._snapshot_image(ev.best_frame)
+        except SnapshotWithheld as withheld:
+            ev.withheld = withheld.reason
+            return None
+        ev.withheld = None
         return encode_jpeg(image, self.config.snapshot_quality, self.config.snapshot_width)
 
     def _emit(self, kind: EventKind) -> EventUpdate:
@@ -279,7 +329,11 @@ class EventTracker:
             peak_score=ev.peak_score,
             clock_synced=self._clock_synced(),
             snapshot=self._snapshot(ev),
+            category="alert" if ev.rule else "detection",
+            rule=ev.rule,
+            preset=ev.preset,
         )
+        update.snapshot_withheld = ev.withheld
         ev.seq += 1
         ev.changed = False
         ev.last_emit_s = ev.last_motion_s if kind == "start" else (self._last_pts or ev.start_s)

@@ -2,6 +2,15 @@
 YAML file becomes a validated ``GuetteurConfig`` (``loading``) and the generated key reference
 (``reference``). This module is the public face: import config names from ``guetteur.config``."""
 
+from guetteur.config.analytics import (
+    CameraAnalyticsConfig,
+    NightConfig,
+    PresetConfig,
+    ProfileMConfig,
+    PtzPauseConfig,
+    RuleConfig,
+    TimeWindow,
+)
 from guetteur.config.base import ConfigSection, Point, Polygon
 from guetteur.config.camera import (
     SOURCE_SCHEMES,
@@ -31,6 +40,7 @@ from guetteur.config.loading import (
 
 __all__ = [
     "SOURCE_SCHEMES",
+    "CameraAnalyticsConfig",
     "CameraConfig",
     "CommandsConfig",
     "ConfigError",
@@ -43,11 +53,17 @@ __all__ = [
     "LoggingConfig",
     "MotionConfig",
     "MqttConfig",
+    "NightConfig",
     "OutboxConfig",
     "Point",
     "Polygon",
+    "PresetConfig",
+    "ProfileMConfig",
     "PtzConfig",
+    "PtzPauseConfig",
     "RecordingConfig",
+    "RuleConfig",
+    "TimeWindow",
     "TlsConfig",
     "load_config",
     "redact_url",

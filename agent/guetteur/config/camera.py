@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 from urllib.parse import urlsplit, urlunsplit
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 
 from guetteur.config.base import ConfigSection, Polygon
 from guetteur.uplink.protocol import ID_PATTERN
+
+if TYPE_CHECKING:  # defined in config/analytics.py, which needs this module's filters
+    from guetteur.config.analytics import CameraAnalyticsConfig
 
 SOURCE_SCHEMES = ("rtsp://", "rtsps://", "file:", "test:", "picamera2:", "v4l2:")
 _SCHEMES_SENTENCE = "expected rtsp://, rtsps://, file:, test:, picamera2: or v4l2:"
@@ -81,6 +84,20 @@ class MotionConfig(ConfigSection):
         ge=0,
         le=1,
         description="A blob whose fine texture still correlates with the background's above this is a change of light (headlights, shadows), not an object; 0 disables",
+    )
+    work_scale: float = Field(
+        0.5,
+        gt=0,
+        le=1,
+        description="Scale at which the detector works on the analysed frame (0.5: 160 px wide for a 320-px frame, area-averaged); blur and dilate are given at scale 1",
+    )
+    crowd_detection: bool = Field(
+        True,
+        description="When most of the picture changes, tell a crowd (many separate objects: motion, boxes reported) from a change of light or view (no motion); false treats every such frame as a global change",
+    )
+    transient_filter: bool = Field(
+        True,
+        description="Drop small or blurry blobs that do not persist from one analysed frame to the next (rain, snow, insects near the lens)",
     )
 
 
@@ -213,6 +230,10 @@ class CameraConfig(ConfigSection):
         "credentials), to set and check privacy masks inside the camera; an ONVIF dome's ptz.url "
         "serves when unset",
     )
+    analytics: CameraAnalyticsConfig = Field(
+        default_factory=lambda: _default_analytics(),
+        description="PTZ presets, night settings and rules that make alerts",
+    )
 
     @field_validator("id")
     @classmethod
@@ -230,6 +251,13 @@ class CameraConfig(ConfigSection):
             raise ValueError(_SCHEMES_SENTENCE)
         return v
 
+    @model_validator(mode="after")
+    def _analytics(self) -> CameraConfig:
+        from guetteur.config.analytics import check_camera_analytics
+
+        check_camera_analytics(self.analytics, self.ptz.presets if self.ptz else None)
+        return self
+
     def stream_url(self, sub: bool = False) -> str:
         """The URL with credentials inserted (for opening the stream; never log it)."""
         url = self.sub_url if sub and self.sub_url else self.url
@@ -243,3 +271,9 @@ class CameraConfig(ConfigSection):
                     cred += ":" + quote(self.password.get_secret_value(), safe="")
                 url = urlunsplit(parts._replace(netloc=f"{cred}@{parts.netloc}"))
         return url
+
+
+def _default_analytics() -> CameraAnalyticsConfig:
+    from guetteur.config.analytics import CameraAnalyticsConfig
+
+    return CameraAnalyticsConfig()

@@ -7,6 +7,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator
 
+from guetteur.config.analytics import ProfileMConfig
 from guetteur.config.base import ConfigSection
 from guetteur.config.camera import CameraConfig
 from guetteur.config.commands import CommandsConfig
@@ -204,6 +205,27 @@ class GuetteurConfig(ConfigSection):
     commands: CommandsConfig = Field(
         default_factory=CommandsConfig, description="Signed commands from the centre, and quotas"
     )
+    timezone: str = Field(
+        "UTC",
+        description="The site's time zone (IANA name, e.g. Europe/Paris): rule time windows are in its local time",
+    )
+    profile_m: ProfileMConfig = Field(
+        default_factory=ProfileMConfig,
+        description="ONVIF Profile M events (onvif-ej) beside ours, off by default",
+    )
+
+    @field_validator("timezone")
+    @classmethod
+    def _tz(cls, v: str) -> str:
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+        try:
+            ZoneInfo(v)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(
+                f"unknown time zone {v!r}: expected an IANA name such as Europe/Paris or UTC"
+            ) from None
+        return v
 
     @field_validator("gateway_id")
     @classmethod

@@ -56,11 +56,19 @@ def validation_problems(
     out: list[str] = []
     for err in exc.errors():
         msg = err["msg"].removeprefix("Value error, ")
+        loc = tuple(err["loc"])
         if err["type"] == "extra_forbidden":
             msg = unknown
         elif err["type"] == "missing" and missing is not None:
             msg = missing
-        line = f"{_path(tuple(err['loc']), skip)}: {msg}"
+        elif err["type"] == "key_path":  # a check across keys names the one at fault
+            ctx = err.get("ctx") or {}
+            prefix = _path(loc, skip) if loc else ""
+            sub = str(ctx.get("path", ""))
+            joined = f"{prefix}.{sub}" if prefix and not sub.startswith("[") else prefix + sub
+            out.append(f"{joined}: {ctx.get('problem', msg)}")
+            continue
+        line = f"{_path(loc, skip)}: {msg}"
         if line not in out:
             out.append(line)
     return out

@@ -18,7 +18,21 @@ with lane markings) and per-frame sensor noise. Each scene adds the trouble it i
 - ``headlights``: at night, the light of a car passing outside the picture sweeps over the
   street (no event: nothing moves in the scene).
 
-Every scene accepts ``walker=1`` (adds the walk of ``walk``, with ``start``/``end``) and ``seed``.
+Scenes of a real city (drawn by ``guetteur.dev.city``):
+
+- ``crowd``: dozens of walkers (``crowd`` of them) cross both ways from ``start`` to ``end``
+  (truth: one event);
+- ``queue``: a dense queue of ``queue`` cars crawls along the road from ``start`` to ``end``
+  (truth: one event);
+- ``rain``, ``snow``: precipitation over the quiet street (no event);
+- ``insects``: infrared night, moths fluttering in front of the lens (no event);
+- ``ir_switch``: dusk in colour, then at ``ir_at`` the camera switches to infrared (no event);
+- ``pan``: a PTZ dome pans by ``pan`` of the frame width between ``pan_start`` and
+  ``pan_end`` and stays (no event; with ``walker=1`` the walker comes after it settles).
+
+Every scene accepts ``walker=1`` (adds the walk of ``walk``, with ``start``/``end``), ``seed``
+and the city parameters (``crowd``, ``queue``, ``rain``, ``snow``, ``insects``, ``ir_at``,
+``pan``...), so troubles combine.
 """
 
 from __future__ import annotations
@@ -32,6 +46,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from guetteur.dev import city
+
 SCENARIO_NAMES: tuple[str, ...] = (
     "walk",
     "car",
@@ -41,6 +57,13 @@ SCENARIO_NAMES: tuple[str, ...] = (
     "quiet",
     "parked",
     "headlights",
+    "crowd",
+    "queue",
+    "rain",
+    "snow",
+    "insects",
+    "ir_switch",
+    "pan",
 )
 
 NormPolygon = list[tuple[float, float]]
@@ -58,6 +81,20 @@ _DEFAULTS: dict[str, dict[str, float]] = {
     "quiet": {"duration": 15.0},
     "parked": {"start": 6.0, "end": 8.0, "duration": 18.0, "car": 1.0, "parked": 1.0},
     "headlights": {"start": 5.0, "end": 7.0, "duration": 15.0, "beam": 1.0},
+    "crowd": {"start": 3.0, "end": 17.0, "duration": 20.0, "crowd": 60.0},
+    "queue": {"start": 3.0, "end": 16.0, "duration": 19.0, "queue": 10.0},
+    "rain": {"duration": 15.0, "rain": 1.0},
+    "snow": {"duration": 15.0, "snow": 1.0},
+    "insects": {"duration": 15.0, "insects": 4.0, "ir_at": 0.0},
+    "ir_switch": {"duration": 20.0, "ir_at": 8.0},
+    "pan": {
+        "duration": 16.0,
+        "pan_start": 4.0,
+        "pan_end": 6.0,
+        "pan": 0.5,
+        "start": 9.0,
+        "end": 12.0,
+    },
 }
 _COMMON: dict[str, float] = {
     "seed": 0.0,
@@ -66,9 +103,23 @@ _COMMON: dict[str, float] = {
     "end": 8.0,
     "noise": -1.0,  # sensor noise sigma in grey levels; -1 = the scene's own
     "brightness": -1.0,  # global gain of the scene; -1 = the scene's own
+    "crowd": 0.0,  # walkers in the crowd
+    "crowd_size": 1.0,  # their size (2: a festival crowd right in front of the camera)
+    "queue": 0.0,  # cars in the queue
+    "rain": 0.0,  # rain density (1 = heavy)
+    "snow": 0.0,  # snow density
+    "insects": 0.0,  # moths at the lens
+    "ir_at": -1.0,  # time the camera switches to infrared; -1 never, 0 from the start
+    "pan": 0.0,  # pan of a PTZ dome, fraction of the frame width
+    "pan_start": 4.0,
+    "pan_end": 6.0,
 }
 
 _NIGHT_SCENES = ("night", "headlights")
+# Brightness and noise of an infrared picture (the illuminator lights the near street), and of
+# the dusk before the switch.
+_IR_GAIN, _IR_NOISE = 0.55, 7.0
+_DUSK_GAIN, _DUSK_NOISE = 0.3, 3.0
 
 # The tree of the foliage scene, normalised (x0, y0, x1, y1), and its ignore-mask polygon.
 _TREE = (0.67, 0.03, 0.98, 0.58)
@@ -99,7 +150,9 @@ class Scenario:
     def background(self) -> np.ndarray:
         """The static scene (float32 BGR, before lighting and noise), built once."""
         if self._background is None:
-            self._background = _street_background(self.width, self.height, int(self.params["seed"]))
+            # A panning dome sees a wider street than one frame.
+            wide = self.width + round(self.params.get("pan", 0.0) * self.width)
+            self._background = _street_background(wide, self.height, int(self.params["seed"]))
         return self._background
 
     def render(self, index: int) -> np.ndarray:
@@ -108,7 +161,14 @@ class Scenario:
             raise ValueError(f"frame index must be >= 0, got {index}")
         t = self.time_of(index)
         p = self.params
-        img = self.background().copy()
+        seed = int(p["seed"])
+        x0 = city.pan_offset(t, p["pan_start"], p["pan_end"], p["pan"], self.width)
+        img = self.background()[:, x0 : x0 + self.width].copy()
+        if p["crowd"] > 0:
+            args = (seed, int(p["crowd"]), p["start"], p["end"], p["crowd_size"])
+            city.draw_crowd(img, t, *args)
+        if p["queue"] > 0:
+            city.draw_queue(img, t, seed, int(p["queue"]), p["start"], p["end"])
         if self.name == "foliage" or p.get("sway", 0.0) > 0:
             _draw_tree(img, t, int(p["seed"]), p.get("sway", 1.0))
         if p.get("car", 0.0) > 0:
@@ -120,12 +180,20 @@ class Scenario:
             img *= gain
         if p.get("beam", 0.0) > 0:
             _light_beam(img, t, p["start"], p["end"], p["beam"])
-        sigma = self._noise_sigma()
+        if p["rain"] > 0:
+            city.draw_rain(img, index, seed, p["rain"])
+        if p["snow"] > 0:
+            city.draw_snow(img, t, seed, p["snow"])
+        if self._infrared(t):
+            if p["insects"] > 0:
+                city.draw_insects(img, t, index, seed, int(p["insects"]))
+            city.infrared(img)
+        sigma = self._noise_sigma(t)
         rng = np.random.default_rng((int(p["seed"]) + 1, index))
         noise = rng.standard_normal((self.height, self.width, 1), dtype=np.float32)
         # Mostly luminance noise (shared by the channels), a little chroma noise.
         img += noise * sigma
-        if sigma > 4:
+        if sigma > 4 and not self._infrared(t):  # an infrared picture has no colour at all
             img += rng.standard_normal(img.shape, dtype=np.float32) * (sigma * 0.3)
         np.clip(img, 0, 255, out=img)
         return img.astype(np.uint8)
@@ -141,6 +209,13 @@ class Scenario:
             rects.append(_car_rect(t, p["start"], p["end"], self.width, self.height, parked))
         if p["walker"] > 0:
             rects.append(_walker_rect(t, p["start"], p["end"], self.width, self.height))
+        if p["crowd"] > 0:
+            args = (self.width, self.height, t, int(p["seed"]), int(p["crowd"]))
+            extent = (p["start"], p["end"], p["crowd_size"])
+            rects += [r[:4] for r in city.crowd_rects(*args, *extent)]
+        if p["queue"] > 0:
+            args = (self.width, self.height, t, int(p["seed"]), int(p["queue"]))
+            rects += [r[:4] for r in city.queue_rects(*args, p["start"], p["end"])]
         boxes = []
         for rect in rects:
             if rect is None:
@@ -158,18 +233,24 @@ class Scenario:
                 )
         return boxes
 
-    def _noise_sigma(self) -> float:
+    def _infrared(self, t: float) -> bool:
+        return 0.0 <= self.params["ir_at"] <= t
+
+    def _noise_sigma(self, t: float = 0.0) -> float:
         if self.params["noise"] >= 0:
             return self.params["noise"]
+        if self.params["ir_at"] >= 0:
+            return _IR_NOISE if self._infrared(t) else _DUSK_NOISE
         return 9.0 if self.name in _NIGHT_SCENES else 2.0
 
     def _gain(self, t: float) -> float:
         p = self.params
-        base = (
-            p["brightness"]
-            if p["brightness"] >= 0
-            else (0.22 if self.name in _NIGHT_SCENES else 1.0)
-        )
+        if p["brightness"] >= 0:
+            base = p["brightness"]
+        elif p["ir_at"] >= 0:
+            base = _IR_GAIN if self._infrared(t) else _DUSK_GAIN
+        else:
+            base = 0.22 if self.name in _NIGHT_SCENES else 1.0
         if self.name != "lighting":
             return base
         gain = p["gain"]
@@ -202,7 +283,8 @@ def scenario(
     if duration <= 0:
         raise ValueError(f"duration must be > 0, got {duration}")
     truth: list[tuple[float, float]] = []
-    if merged["walker"] > 0 or merged.get("car", 0.0) > 0:
+    moving = ("walker", "car", "crowd", "queue")
+    if any(merged.get(key, 0.0) > 0 for key in moving):
         if not 0 <= merged["start"] < merged["end"] <= duration:
             raise ValueError(
                 f"need 0 <= start < end <= duration, got start={merged['start']} "
@@ -228,6 +310,7 @@ def truth_document(sc: Scenario) -> dict[str, object]:
         "duration_s": sc.duration_s,
         "events": [{"start": s, "end": e} for s, e in sc.truth],
         "ignore_masks": [[list(pt) for pt in poly] for poly in sc.ignore_masks],
+        **({"ptz": True} if sc.params.get("pan", 0.0) > 0 else {}),  # shot by a dome
     }
 
 

@@ -42,17 +42,34 @@ class EncodedPacket:
 
 @dataclass(frozen=True, slots=True)
 class AnalyticFrame:
-    """A decoded frame at the analytic rate and size (BGR, uint8), for motion and detection."""
+    """A decoded frame at the analytic rate and size, for motion and detection.
+
+    ``image`` is what motion analyses: the luma plane (grey, H x W uint8) read straight from the
+    decoded picture, or a BGR image (H x W x 3) from sources that only have colour. Colour is
+    produced only for the few frames that need it (snapshots, detector input): ``colour()``."""
 
     camera: str
     image: np.ndarray = field(repr=False)
     pts_s: float  # stream time, seconds
     wallclock: float  # UTC epoch seconds
     source_size: tuple[int, int] = (0, 0)  # (width, height) of the full-resolution stream
-    # Renders the same picture at up to the given width from the full-resolution decoded frame
-    # (for snapshots), when the source has it; None: only ``image`` exists (e.g. Pi lores).
+    # Renders the same picture in BGR at up to the given width from the full-resolution decoded
+    # frame (snapshots, detector input), when the source has it; None: only ``image`` exists.
     # Safe to call from any thread: the decoded frame itself is never shared (sources.decode).
     render: Callable[[int], np.ndarray] | None = field(default=None, repr=False, compare=False)
+    # Colour saturation of the picture: mean |U-128| + |V-128| over a sparse grid of the decoded
+    # chroma planes (0 for a greyscale, infrared picture); None when the source cannot tell.
+    chroma: float | None = None
+
+    def colour(self, width: int | None = None) -> np.ndarray:
+        """BGR picture at ``width`` (default: the analysed width): rendered from the decoded frame
+        when the source keeps it, else the analysed image itself (grey turned to 3 channels)."""
+        w = width or int(self.image.shape[1])
+        if self.render is not None:
+            return self.render(w)
+        if self.image.ndim == 3:
+            return self.image
+        return np.repeat(self.image[:, :, None], 3, axis=2)
 
 
 @dataclass(frozen=True, slots=True)

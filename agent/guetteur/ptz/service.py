@@ -108,6 +108,13 @@ class PtzService:
                 self._locks[cam.id] = threading.Lock()
         self._stop = threading.Event()
         self._ticker: threading.Thread | None = None
+        self._move_listeners: list[Callable[[str, str, int | None], None]] = []
+
+    def add_move_listener(self, listener: Callable[[str, str, int | None], None]) -> None:
+        """``listener(camera, action, preset)`` after each command a camera accepted (operator
+        moves, dead-man stops, idle returns home): PTZ-aware analysis pauses on it. It runs on
+        the commanding thread and must return at once; its errors are logged, never raised."""
+        self._move_listeners.append(listener)
 
     # --- wiring --------------------------------------------------------------------------------
     def register(self, dispatcher: CommandDispatcher) -> None:
@@ -262,6 +269,12 @@ class PtzService:
                 ErrorCode.DEVICE_ERROR,
                 f"camera {camera}: driver failed: {type(exc).__name__}: {exc}",
             ) from None
+        preset = c.preset if c.action == "goto_preset" else ptz.home_preset
+        for listener in self._move_listeners:
+            try:
+                listener(camera, c.action, preset)
+            except Exception:
+                log.exception("a PTZ move listener failed for camera %s", camera)
 
     # --- dead-man and idle return ------------------------------------------------------------------
     def _run_ticker(self) -> None:

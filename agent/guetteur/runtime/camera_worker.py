@@ -1,8 +1,9 @@
 """One camera at run time: its source thread, its analysis thread, its status and its restarts.
 
     source thread ──packets──► packet consumers (recorder, live hub); sub-stream ──► live sub hub
-         └──frames──► two-frame queue ──► analysis thread: privacy mask → motion → (detector)
-                                           → event tracker ──► publish_event
+         └──frames──► two-frame queue ──► analysis thread: CameraAnalytics (view masks → PTZ
+                                           pause → night settings → motion → rules → events;
+                                           detector fed on motion) ──► publish_event
 
 One thread per camera source (I/O bound in PyAV, which releases the GIL), one analysis thread fed
 through a two-frame queue: when analysis falls behind, the oldest frame is dropped and counted, so
@@ -23,9 +24,8 @@ import numpy as np
 
 from guetteur.analytics.detection.regions import Detection, filter_detections
 from guetteur.analytics.detection.worker import DetectionCallback
-from guetteur.analytics.events import EventTracker, EventUpdate
-from guetteur.analytics.masks import PolygonMask
-from guetteur.analytics.motion import MotionDetector
+from guetteur.analytics.events import EventUpdate
+from guetteur.analytics.pipeline import CameraAnalytics
 from guetteur.config import CameraConfig, EventsConfig
 from guetteur.media.types import AnalyticFrame, Box, EncodedPacket
 from guetteur.sources.base import CameraStatus, Source
@@ -78,6 +78,7 @@ class CameraWorker:
         publish_status: Callable[[CameraWorker], None],
         detector: DetectorQueue | None = None,
         on_sub_stream: PacketConsumer | None = None,
+        timezone: str = "UTC",
     ) -> None:
         self.camera = camera
         self.source = source
@@ -88,15 +89,10 @@ class CameraWorker:
         self.on_sub_stream = on_sub_stream
         self.packet_consumers: list[PacketConsumer] = []
         self.status = CameraStatus(camera=camera.id, since=time.time())
-        self.privacy = PolygonMask(camera.privacy_masks)
-        self.motion = MotionDetector(camera.motion, camera.ignore_masks, camera.privacy_masks)
-        require = camera.detect.require if camera.detect else ()
-        self.tracker = EventTracker(
-            camera.id,
-            events,
-            require_labels=require,
-            snapshot_image=self.snapshot_image,
-        )
+        # masks of the view, PTZ pause, night settings, motion, rules, events
+        self.analytics = CameraAnalytics(camera, events, timezone=timezone)
+        self.motion = self.analytics.motion
+        self.tracker = self.analytics.tracker
         self.frames: queue.Queue[AnalyticFrame | None] = queue.Queue(maxsize=2)
         self.frames_dropped = 0
         self.frames_analysed = 0
@@ -185,7 +181,7 @@ class CameraWorker:
         for t in (self._source_thread, self._analysis_thread):
             if t is not None:
                 t.join(max(0.0, deadline - time.monotonic()))
-        for update in self.tracker.flush():
+        for update in self.analytics.flush():
             self.publish_event(update)
 
     def restart(self) -> None:
@@ -258,42 +254,31 @@ class CameraWorker:
                 log.exception("camera %s: analysis failed on a frame; skipped", self.camera.id)
 
     def analyse(self, frame: AnalyticFrame) -> list[EventUpdate]:
-        if self.privacy:
-            frame = AnalyticFrame(
-                frame.camera,
-                self.privacy.blackout(frame.image),
-                frame.pts_s,
-                frame.wallclock,
-                frame.source_size,
-                frame.render,
-            )
-        self.last_frame = frame
-        self.frames_analysed += 1
-        result = self.motion.process(frame.image)
         detections: list[Detection] = []
         if self.detector is not None and self.camera.detect is not None:
-            if result.motion:
-                self.detector.submit(self.camera.id, frame, result.boxes, self._on_detections)
             with self._detections_lock:
                 seen_at, recent = self._detections
             if frame.pts_s - seen_at <= DETECTION_FRESH_S:
                 detections = recent
-        updates = self.tracker.update(frame, result, detections)
-        for update in updates:
+        analysis = self.analytics.process(frame, detections)
+        self.last_frame = analysis.frame  # privacy-masked, for snapshots on demand
+        self.frames_analysed += 1
+        if analysis.motion and self.detector is not None and self.camera.detect is not None:
+            self.detector.submit(
+                self.camera.id, analysis.frame, analysis.result.boxes, self._on_detections
+            )
+        for update in analysis.updates:
             self.publish_event(update)
-        return updates
+        return analysis.updates
 
     def snapshot_image(self, frame: AnalyticFrame) -> np.ndarray:
-        """The picture sent to the centre: rendered from the full-resolution decoded frame when
-        the source keeps it (the analysed one is only a few hundred pixels wide), with every
-        privacy mask blacked out."""
-        width = self.events.snapshot_width
-        image = frame.render(width) if frame.render is not None else frame.image
-        return self.privacy.blackout(image)
+        """The picture sent to the centre (``CameraAnalytics.snapshot_image``: full resolution,
+        privacy masks of the view; raises ``SnapshotWithheld`` when it may not be shown)."""
+        return self.analytics.snapshot_image(frame)
 
     def _on_detections(self, frame: AnalyticFrame, found: list[Detection]) -> None:
-        assert self.camera.detect is not None
-        kept = filter_detections(found, self.camera.detect)
+        flt = self.analytics.detect_filter  # the view's and the mode's filter
+        kept = filter_detections(found, flt) if flt is not None else found
         with self._detections_lock:
             self._detections = (frame.pts_s, kept)
 

@@ -25,7 +25,8 @@ from guetteur import __version__
 from guetteur.analytics.detection.manifest import DetectorError
 from guetteur.analytics.detection.runtime import load_detector
 from guetteur.analytics.detection.worker import DetectorWorker
-from guetteur.analytics.events import EventUpdate, encode_jpeg
+from guetteur.analytics.events import EventUpdate, SnapshotWithheld, encode_jpeg
+from guetteur.analytics.ptz_aware import PtzMove
 from guetteur.config import CameraConfig, GuetteurConfig
 from guetteur.live.hub import LiveHub
 from guetteur.live.service import LiveService
@@ -42,6 +43,7 @@ from guetteur.uplink import messages, protocol
 from guetteur.uplink.commands import CommandContext, CommandError
 from guetteur.uplink.link import DirectPublisher, Link
 from guetteur.uplink.outbox.service import Outbox
+from guetteur.uplink.profile_m import ProfileMPublisher
 from guetteur.uplink.publish import OutboundItem, Priority, Publisher
 
 log = logging.getLogger(__name__)
@@ -98,6 +100,7 @@ class Gateway:
                 publish_status=self.publish_camera_status,
                 detector=self.detector_worker,
                 on_sub_stream=sub_hub.on_packet if sub_hub is not None else None,
+                timezone=config.timezone,
             )
         self.recorder: Recorder | None = None
         self.clipper: EventClipper | None = None
@@ -128,6 +131,18 @@ class Gateway:
         )
         self.ptz = PtzService(self.workers_config(), self.audit)
         self.ptz.register(self.dispatcher)
+        self.ptz.add_move_listener(self._on_ptz_move)  # analysis pauses while a dome moves
+        self.profile_m: ProfileMPublisher | None = None
+        if config.profile_m.enabled:
+            rules = {cam.id: cam.analytics.rules for cam in cameras}
+            self.profile_m = ProfileMPublisher(
+                config.profile_m,
+                config.gateway_id,
+                rules,
+                lambda topic, payload, qos: self.link.publish_raw(
+                    topic, payload, qos=qos, content_type="application/json"
+                ),
+            )
         self.dispatcher.register("snapshot", SnapshotRequest, self._cmd_snapshot)
         self.dispatcher.register(
             "status", StatusRequest, self._cmd_status, audited=False, record_before=False
@@ -229,6 +244,8 @@ class Gateway:
         message = messages.event(update, self.config.gateway_id)
         if self.privacy.unverified(update.camera):  # the camera's own video may show them
             message["privacy_unverified"] = True
+        if self.profile_m is not None:
+            self.profile_m.on_event(update)
         self.publisher.submit(
             OutboundItem(
                 item_id=update.message_id,
@@ -307,6 +324,11 @@ class Gateway:
         if worker is not None:
             self.publish_camera_status(worker)
 
+    def _on_ptz_move(self, camera: str, action: str, preset: int | None) -> None:
+        worker = self.workers.get(camera)
+        if worker is not None:
+            worker.analytics.commanded(PtzMove(camera, action, time.time(), preset))
+
     def _on_link_up(self) -> None:
         self.publish_status()
         for worker in self.workers.values():
@@ -333,10 +355,12 @@ class Gateway:
                 f"camera {req.camera} has no recent frame ({worker.status.state}: "
                 f"{worker.status.last_error or 'no error reported'})",
             )
+        try:
+            image = worker.snapshot_image(frame)
+        except SnapshotWithheld as withheld:
+            raise CommandError(protocol.ErrorCode.FORBIDDEN, withheld.reason) from None
         jpeg = encode_jpeg(
-            worker.snapshot_image(frame),
-            self.config.events.snapshot_quality,
-            self.config.events.snapshot_width,
+            image, self.config.events.snapshot_quality, self.config.events.snapshot_width
         )
         snap_id = f"snap-{os.urandom(8).hex()}"
         self.publisher.submit(

@@ -42,7 +42,8 @@ from guetteur.sources.decode import (
     StreamInfoCache,
     Timeline,
     analytic_size,
-    frame_to_bgr,
+    chroma_level,
+    frame_to_luma,
     renderer,
 )
 from guetteur.sources.status import (
@@ -410,7 +411,7 @@ class _StreamLoop:
             )
             if not self.sampler.take(t, slack):
                 continue
-            image = frame_to_bgr(frame, s.size)
+            image = frame_to_luma(frame, s.size)
             if self.role.sub:
                 mapped = self.source.clock.main_time(wall)
                 t = mapped if mapped is not None else t
@@ -423,6 +424,7 @@ class _StreamLoop:
                         wall,
                         (s.width, s.height),
                         renderer(frame),
+                        chroma_level(frame),
                     )
                 )
             except Exception:

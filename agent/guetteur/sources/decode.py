@@ -47,6 +47,75 @@ def frame_to_bgr(frame: av.VideoFrame, size: tuple[int, int]) -> np.ndarray:
     return np.ascontiguousarray(out)
 
 
+# 8-bit planar YUV formats whose first plane is the luma (Y) plane; "j" formats are full range.
+_PLANAR_YUV = frozenset(
+    {"yuv420p", "yuvj420p", "yuv422p", "yuvj422p", "yuv444p", "yuvj444p", "yuv440p", "nv12", "nv21"}
+)
+_FULL_RANGE = frozenset({"yuvj420p", "yuvj422p", "yuvj444p"})
+_COLOR_RANGE_JPEG = 2  # AVCOL_RANGE_JPEG: full-range samples
+# Limited-range (16..235) luma stretched to 0..255, as the BGR conversion does: thresholds in grey
+# levels then mean the same on the luma path as on the colour path.
+_LIMITED_TO_FULL = np.clip((np.arange(256) - 16) * 255.0 / 219.0 + 0.5, 0, 255).astype(np.uint8)
+# Chroma estimate: one sample in _CHROMA_STEP x _CHROMA_STEP of each chroma plane.
+_CHROMA_STEP = 8
+
+
+def _plane(frame: av.VideoFrame, index: int) -> np.ndarray:
+    """A read-only view of one plane of ``frame`` (no copy; rows may be padded)."""
+    plane = frame.planes[index]
+    flat: np.ndarray = np.frombuffer(memoryview(plane), np.uint8)
+    rows: np.ndarray = flat.reshape(plane.height, plane.line_size)
+    return rows[:, : plane.width]
+
+
+def frame_to_luma(frame: av.VideoFrame, size: tuple[int, int]) -> np.ndarray:
+    """The analysed grey picture: the decoded frame's luma plane scaled by area averaging, in
+    one libswscale pass to 8-bit grey (it reads the Y plane only: no colour conversion, which
+    motion does not need; colour is rendered only for the few frames that become snapshots or
+    detector input). Limited-range luma is stretched to full range, as the BGR conversion does,
+    so thresholds in grey levels mean the same on both paths. Measured here: 0.13 ms of CPU for
+    a 720p frame, against 0.16 ms for BGR and 0.5 ms for OpenCV's INTER_AREA on the plane."""
+    w, h = size
+    if frame.width == w and frame.height == h and frame.format.name in _PLANAR_YUV:
+        y = _plane(frame, 0).copy()  # the decoder reuses its buffers: keep our own
+        if frame.format.name not in _FULL_RANGE and frame.color_range != _COLOR_RANGE_JPEG:
+            cv2.LUT(y, _LIMITED_TO_FULL, dst=y)
+        return y
+    reformatter = getattr(_reformatters, "luma", None)
+    if reformatter is None:
+        from av.video.reformatter import VideoReformatter
+
+        reformatter = _reformatters.luma = VideoReformatter()
+    out = reformatter.reformat(frame, width=w, height=h, format="gray", interpolation="AREA")
+    return np.ascontiguousarray(out.to_ndarray())
+
+
+# One libswscale context per thread for the luma pass: ``frame.reformat`` builds a new one for
+# every call (its filter set-up costs as much as the scaling); a context is never shared by two
+# threads.
+_reformatters = threading.local()
+
+
+def chroma_level(frame: av.VideoFrame) -> float | None:
+    """Colour saturation of a decoded frame: mean |U-128| + |V-128| over a sparse grid of its
+    chroma planes (about 0-2 for an infrared picture, which is grey; 5-30 for a colour street).
+    None for formats without separate chroma planes."""
+    if frame.format.name not in _PLANAR_YUV or frame.format.name in ("nv12", "nv21"):
+        return None
+    step = _CHROMA_STEP
+    u = _plane(frame, 1)[::step, ::step].astype(np.int16)
+    v = _plane(frame, 2)[::step, ::step].astype(np.int16)
+    return float(np.abs(u - 128).mean() + np.abs(v - 128).mean())
+
+
+def bgr_chroma_level(image: np.ndarray) -> float:
+    """The same measure as ``chroma_level`` for a BGR picture (sources that only have colour)."""
+    sample = np.ascontiguousarray(image[::4, ::4])
+    yuv = cv2.cvtColor(sample, cv2.COLOR_BGR2YUV).astype(np.int16)
+    # OpenCV's U/V are scaled like BT.601 Cb/Cr around 128.
+    return float(np.abs(yuv[:, :, 1] - 128).mean() + np.abs(yuv[:, :, 2] - 128).mean())
+
+
 def renderer(frame: av.VideoFrame) -> Callable[[int], np.ndarray]:
     """Renders ``frame`` — the decoded picture at the stream's own resolution — as BGR at most
     ``width`` wide, on demand: snapshots come from the full picture, not the small analytic one,
@@ -312,6 +381,28 @@ class AccessUnitAssembler:
         out, self.pending = [self.pending], None
         self._pending_has_slice = False
         return out
+
+
+def yuv420_luma(
+    buffer: np.ndarray, width: int, height: int, stride: int | None = None
+) -> tuple[np.ndarray, float]:
+    """(luma plane stretched to full range, chroma level) of a planar YUV 4:2:0 buffer laid out
+    like ``yuv420_to_bgr``'s: the analysed picture without any colour conversion."""
+    stride = stride or width
+    flat = np.ascontiguousarray(buffer).reshape(-1)
+    y_size = stride * height
+    c_stride, c_h, c_w = stride // 2, height // 2, width // 2
+    c_size = c_stride * c_h
+    if flat.size < y_size + 2 * c_size:
+        raise ValueError(
+            f"YUV420 buffer of {flat.size} bytes is too small for {width}x{height} stride {stride}"
+        )
+    y = cv2.LUT(flat[:y_size].reshape(height, stride)[:, :width], _LIMITED_TO_FULL)
+    step = _CHROMA_STEP // 2
+    u = flat[y_size : y_size + c_size].reshape(c_h, c_stride)[::step, :c_w:step].astype(np.int16)
+    v = flat[y_size + c_size : y_size + 2 * c_size].reshape(c_h, c_stride)[::step, :c_w:step]
+    chroma = float(np.abs(u - 128).mean() + np.abs(v.astype(np.int16) - 128).mean())
+    return y, chroma
 
 
 def yuv420_to_bgr(

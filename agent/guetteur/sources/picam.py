@@ -4,12 +4,13 @@ camera (CSI) through picamera2/libcamera.
 - main stream: encoded by the Pi's hardware H.264 encoder (picamera2 ``H264Encoder``, SPS/PPS
   repeated before every keyframe, keyframe every ``gop`` seconds); its access units come to us
   through an ``Output`` and go to the sink as packets, untouched;
-- lores stream (YUV 4:2:0 at the analytic size): captured at the analytic rate, converted to BGR
-  for analytics. Nothing is decoded on the CPU.
+- lores stream (YUV 4:2:0 at the analytic size): captured at the analytic rate; motion reads its
+  luma plane as it is, and only the frames that become snapshots or detector input are converted
+  to BGR. Nothing is decoded on the CPU.
 
 picamera2 is imported lazily (optional extra ``pi``; on Raspberry Pi OS prefer the system's
 ``python3-picamera2`` with a venv made ``--system-site-packages``). This module cannot run off a
-Pi: its testable parts (URL parsing, the YUV→BGR conversion in ``decode.yuv420_to_bgr``, the
+Pi: its testable parts (URL parsing, ``decode.yuv420_luma`` and ``decode.yuv420_to_bgr``, the
 missing-module sentence) are tested on any machine.
 """
 
@@ -18,10 +19,14 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from fractions import Fraction
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
+
+import cv2
+import numpy as np
 
 from guetteur.config import CameraConfig
 from guetteur.media.bitstream import annexb_parameter_sets
@@ -32,6 +37,7 @@ from guetteur.sources.decode import (
     StreamInfoCache,
     Timeline,
     analytic_size,
+    yuv420_luma,
     yuv420_to_bgr,
 )
 from guetteur.sources.status import (
@@ -84,6 +90,21 @@ def parse_picamera_url(url: str) -> PicameraSpec:
     if index < 0 or spec.width < 64 or spec.height < 64 or spec.fps <= 0 or spec.gop_s <= 0:
         raise ValueError(f"{url}: index, size, fps and gop must be positive")
     return spec
+
+
+def _lores_renderer(
+    lores: np.ndarray, width: int, height: int, stride: int
+) -> Callable[[int], np.ndarray]:
+    """Colour on demand from a captured lores buffer (snapshots, detector input)."""
+
+    def render(out_width: int) -> np.ndarray:
+        image = yuv420_to_bgr(lores, width, height, stride)
+        if out_width < width:
+            size = (out_width, max(2, round(height * out_width / width)))
+            image = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
+        return image
+
+    return render
 
 
 def import_picamera2() -> tuple[Any, Any, Any]:
@@ -216,11 +237,19 @@ class PicameraSource:
                 wall = time.time()
                 t = clock[0][0] + (wall - clock[0][1]) if clock else 0.0
                 if sampler.take(t):
-                    image = yuv420_to_bgr(lores, lores_w, lores_h, stride)
+                    image, chroma = yuv420_luma(lores, lores_w, lores_h, stride)
                     streamed = True
                     try:
                         sink.on_frame(
-                            AnalyticFrame(camera_id, image, t, wall, (spec.width, spec.height))
+                            AnalyticFrame(
+                                camera_id,
+                                image,
+                                t,
+                                wall,
+                                (spec.width, spec.height),
+                                _lores_renderer(lores.copy(), lores_w, lores_h, stride),
+                                chroma,
+                            )
                         )
                     except Exception:
                         log.exception("camera %s: frame sink failed", camera_id)

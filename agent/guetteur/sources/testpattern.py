@@ -36,7 +36,8 @@ from guetteur.sources.decode import (
     KeyframeClock,
     StreamInfoCache,
     analytic_size,
-    frame_to_bgr,
+    chroma_level,
+    frame_to_luma,
     renderer,
 )
 from guetteur.sources.status import FAILED, STARTING, STOPPED, STREAMING, StatusReporter, with_retry
@@ -227,7 +228,7 @@ class TestPatternSource:
                 packet.time_base = TIME_BASE
                 for frame in decoder.decode(packet):
                     if sampler.take(t, slack):
-                        image = frame_to_bgr(frame, size)
+                        image = frame_to_luma(frame, size)
                         try:
                             sink.on_frame(
                                 AnalyticFrame(
@@ -237,6 +238,7 @@ class TestPatternSource:
                                     wall,
                                     (spec.width, spec.height),
                                     renderer(frame),
+                                    chroma_level(frame),
                                 )
                             )
                         except Exception:

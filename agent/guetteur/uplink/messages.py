@@ -113,6 +113,10 @@ def event(update: EventUpdate, gateway: str) -> dict[str, Any]:
         ],
         "score": round(update.peak_score, 4),
         "clock_synced": update.clock_synced,
+        "category": update.category,
+        "rule": update.rule,
+        "preset": update.preset,
+        "snapshot_withheld": update.snapshot_withheld,
     }
 
 

@@ -144,7 +144,7 @@ class DetectorWorker:
         while (job := self._next()) is not None:
             camera, frame, boxes, callback = job
             try:
-                detections = self.detector.detect(frame.image, boxes)
+                detections = self.detector.detect(frame.colour(), boxes)
             except Exception as exc:
                 with self._cond:
                     q = self._cameras[camera]
