@@ -8,4 +8,5 @@ pytest_plugins = [
     "tests.fixtures.rtsp",
     "tests.fixtures.serial",
     "tests.fixtures.onvif",
+    "tests.fixtures.postgres",
 ]
