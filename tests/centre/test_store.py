@@ -224,9 +224,7 @@ def test_two_stores_sharing_one_database_store_every_event_once_in_order(
     b = make_store(database_url, tmp_path / "media")
     cameras = ("cam1", "cam2", "cam3")
     messages = [
-        event_msg(n * 10 + i, n, camera=cam)
-        for n in range(1, 121)
-        for i, cam in enumerate(cameras)
+        event_msg(n * 10 + i, n, camera=cam) for n in range(1, 121) for i, cam in enumerate(cameras)
     ]
     # each store gets every other message, and a third of all of them again (duplicates)
     shares = [messages[0::2] + messages[::3], messages[1::2] + messages[1::3]]
@@ -239,7 +237,9 @@ def test_two_stores_sharing_one_database_store_every_event_once_in_order(
         except BaseException as exc:
             errors.append(exc)
 
-    threads = [threading.Thread(target=run, args=(s, m)) for s, m in zip((a, b), shares, strict=True)]
+    threads = [
+        threading.Thread(target=run, args=(s, m)) for s, m in zip((a, b), shares, strict=True)
+    ]
     for t in threads:
         t.start()
     for t in threads:
