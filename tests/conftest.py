@@ -9,4 +9,5 @@ pytest_plugins = [
     "tests.fixtures.serial",
     "tests.fixtures.onvif",
     "tests.fixtures.postgres",
+    "tests.centre.harness",
 ]

@@ -1,37 +1,32 @@
-"""`guetteur centre snapshot`: ask a gateway for a picture of a camera now, and save it.
+"""`guetteur centre snapshot`: ask a gateway for a picture of a camera now, through the centre
+server, and save it.
 
-    guetteur centre snapshot -b mqtt://broker:1883 -g gw1 --camera cam1               # ask only
-    guetteur centre snapshot -b mqtt://broker:1883 -g gw1 --camera cam1 -o cam1.jpg   # and save
-    guetteur centre snapshot -b mqtt://broker:1883 -g gw1 --camera cam1 -o - | display -
+    guetteur centre snapshot -s http://csu:8080 -u op1 -g gw1 --camera cam1               # ask
+    guetteur centre snapshot -s http://csu:8080 -u op1 -g gw1 --camera cam1 -o cam1.jpg   # save
+    guetteur centre snapshot ... -o - | display -
 
-The gateway replies at once and publishes the JPEG on ``cam/{cam}/snapshot`` like every snapshot
-(through its outbox, for the centre receiver to store). With ``-o`` the tool subscribes to that
-topic before asking, so the picture cannot slip past, and keeps the one whose item id the reply
-names. It acknowledges nothing: acknowledging is the receiver's job.
+The server signs the request for the operator and registers it; the gateway replies at once and
+sends the JPEG through its outbox to the centre's receiver; with ``-o`` the tool fetches it from
+the server once it is stored.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import sys
-import threading
 from pathlib import Path
 
-import paho.mqtt.client as mqtt
-
-from guetteur.centre.client import (
-    CentreError,
-    add_connection_arguments,
+from guetteur.centre.apiclient import (
+    ApiFailure,
     add_gateway_argument,
-    client_from_args,
+    add_server_arguments,
+    connect,
 )
-from guetteur.uplink import protocol
-from guetteur.uplink.mqttutil import user_properties
-from guetteur.uplink.protocol import Topics
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    add_connection_arguments(parser)
+    add_server_arguments(parser)
     add_gateway_argument(parser)
     parser.add_argument("--camera", required=True, help="camera id")
     parser.add_argument(
@@ -43,69 +38,47 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--timeout",
         type=float,
-        default=5.0,
+        default=10.0,
         metavar="S",
-        help="seconds to wait for the reply, then for the picture (default %(default)s)",
+        help="seconds to wait for the picture to reach the centre (default %(default)s)",
     )
 
 
-class SnapshotCatcher:
-    """Keeps the JPEGs published on a camera's snapshot topic, by item id, until one is wanted."""
-
-    def __init__(self) -> None:
-        self._pictures: dict[str, bytes] = {}
-        self._arrived = threading.Condition()
-
-    def on_message(self, msg: mqtt.MQTTMessage) -> None:  # network thread
-        item_id = user_properties(msg).get(protocol.PROP_ITEM_ID, "")
-        with self._arrived:
-            self._pictures[item_id] = bytes(msg.payload)
-            self._arrived.notify_all()
-
-    def wait(self, item_id: str, timeout: float) -> bytes | None:
-        with self._arrived:
-            self._arrived.wait_for(lambda: item_id in self._pictures, timeout)
-            return self._pictures.get(item_id)
-
-
 def run(args: argparse.Namespace) -> int:
-    # with -o -, stdout carries the picture: every sentence goes to stderr
-    say = sys.stderr if args.output == "-" else sys.stdout
+    return asyncio.run(_main(args))
+
+
+async def _main(args: argparse.Namespace) -> int:
+    say = sys.stderr if args.output == "-" else sys.stdout  # stdout may carry the picture
     try:
-        client = client_from_args(args)
-    except ValueError as exc:
+        client = await connect(args)
+    except ApiFailure as exc:
         print(f"snapshot: {exc}", file=sys.stderr)
         return 2
-    catcher = SnapshotCatcher()
-    if args.output is not None:
-        client.subscribe(Topics(args.root, args.gateway).snapshot(args.camera), catcher.on_message)
-    try:
-        client.connect()
-        reply = client.request(args.gateway, "snapshot", {"camera": args.camera}, args.timeout)
-        if not reply.get("ok"):
-            err = reply.get("error", {})
-            print(f"snapshot refused: {err.get('code')}: {err.get('message')}", file=sys.stderr)
+    async with client:
+        try:
+            reply = await client.request(
+                "POST", f"/api/gateways/{args.gateway}/cameras/{args.camera}/snapshot"
+            )
+        except ApiFailure as exc:
+            print(f"snapshot refused: {exc.code}: {exc.message}", file=sys.stderr)
             return 1
         print(
             f"snapshot {reply['snapshot_id']} at {reply['time']} ({reply['bytes']} bytes) "
-            f"published on cam/{args.camera}/snapshot",
+            f"asked of {args.gateway}/{args.camera}",
             file=say,
         )
         if args.output is None:
             return 0
-        jpeg = catcher.wait(reply["snapshot_id"], args.timeout)
-    except CentreError as exc:
-        print(f"snapshot: {exc}", file=sys.stderr)
-        return 1
-    finally:
-        client.close()
-    if jpeg is None:
-        print(
-            f"snapshot: {reply['snapshot_id']} did not arrive within {args.timeout:.0f} s "
-            f"(is the gateway's link to the broker up?)",
-            file=sys.stderr,
-        )
-        return 1
+        try:
+            jpeg = await client.download(str(reply["url"]), wait=int(min(args.timeout, 30)))
+        except ApiFailure as exc:
+            print(
+                f"snapshot: {reply['snapshot_id']} did not reach the centre within "
+                f"{args.timeout:.0f} s ({exc.message}); is the gateway's link up?",
+                file=sys.stderr,
+            )
+            return 1
     if args.output == "-":
         sys.stdout.buffer.write(jpeg)
         sys.stdout.buffer.flush()

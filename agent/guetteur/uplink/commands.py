@@ -106,6 +106,9 @@ class CommandDispatcher:
             rid = data.pop("id", None)
             request_id = str(rid) if rid is not None else None
             data.pop("v", None)
+            # the centre server's signature (uplink.command_auth); verified once gateways check
+            # signed commands, and never one of the verb's fields
+            data.pop("auth", None)
         except protocol.MessageError as exc:
             return messages.reply_error(None, ErrorCode.BAD_REQUEST, str(exc))
         operator = data.get("operator") if isinstance(data.get("operator"), str) else None
