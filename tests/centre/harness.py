@@ -220,3 +220,60 @@ def real_gateway(tmp_path: Path) -> Iterator[Callable[..., Any]]:
     yield start
     for gw in started:
         gw.stop()
+
+
+def watch_live(base: str, token: str, session: str, seconds: float) -> list[bytes | str]:
+    """What a browser's WebSocket receives from a live view in ``seconds``."""
+    import asyncio
+
+    import aiohttp
+
+    async def run() -> list[bytes | str]:
+        got: list[bytes | str] = []
+        async with (
+            aiohttp.ClientSession() as http,
+            http.ws_connect(
+                "ws" + base[4:] + f"/api/live/{session}/ws",
+                headers={"Authorization": f"Bearer {token}"},
+            ) as ws,
+        ):
+            loop = asyncio.get_running_loop()
+            end = loop.time() + seconds
+            while loop.time() < end:
+                try:
+                    msg = await ws.receive(timeout=max(0.05, end - loop.time()))
+                except TimeoutError:
+                    break
+                if msg.type == aiohttp.WSMsgType.BINARY:
+                    got.append(bytes(msg.data))
+                elif msg.type == aiohttp.WSMsgType.TEXT:
+                    got.append(str(msg.data))
+                else:
+                    break
+        return got
+
+    return asyncio.run(run())
+
+
+def read_sse(
+    base: str, token: str, kinds: set[str], count: int, timeout: float
+) -> list[dict[str, Any]]:
+    """The first ``count`` server-sent items of ``kinds`` (e.g. {"event"}) within ``timeout``."""
+    import time
+
+    req = urllib.request.Request(base + "/api/events/stream")
+    req.add_header("Authorization", f"Bearer {token}")
+    got: list[dict[str, Any]] = []
+    deadline = time.monotonic() + timeout
+    with urllib.request.urlopen(req, timeout=timeout) as resp:
+        kind = ""
+        while len(got) < count and time.monotonic() < deadline:
+            try:
+                line = resp.readline().decode().rstrip("\n")
+            except TimeoutError:
+                break
+            if line.startswith("event: "):
+                kind = line[7:]
+            elif line.startswith("data: ") and kind in kinds:
+                got.append(json.loads(line[6:]))
+    return got

@@ -137,6 +137,17 @@ class Commander:
             ).first()
         return None if row is None else str(row[0] or "unknown")
 
+    def _known(self, gateway: str) -> str:
+        state = self.gateway_state(gateway)
+        if state is None:
+            raise CommandFailed(
+                "unknown_gateway",
+                f"Passerelle inconnue / unknown gateway {gateway!r}: it never reported to this "
+                "centre",
+                404,
+            )
+        return state
+
     def send(
         self,
         who: Principal,
@@ -149,13 +160,7 @@ class Commander:
         timeout_s: float | None = None,
     ) -> dict[str, Any]:
         """Register, sign, send; the gateway's ``ok`` reply, or CommandFailed."""
-        state = self.gateway_state(gateway)
-        if state is None:
-            raise CommandFailed(
-                "unknown_gateway",
-                f"Passerelle inconnue / unknown gateway {gateway!r}: it never reported to this centre",
-                404,
-            )
+        state = self._known(gateway)
         command_id = uuid.uuid4().hex
         entry = Entry(
             action=f"cmd.{verb}",
@@ -210,6 +215,7 @@ class Commander:
     def ptz(
         self, who: Principal, gateway: str, camera: str, body: dict[str, Any]
     ) -> dict[str, Any]:
+        self._known(gateway)  # before a PTZ session is opened for it
         decision = self.ptz_sessions.command(who, gateway, camera, body)
         session = decision.session
         if decision.opened:
