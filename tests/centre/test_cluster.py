@@ -31,7 +31,9 @@ def stored(url: str) -> list[tuple[str, str]]:
         with db.read() as conn:
             return [
                 (str(r[0]), str(r[1]))
-                for r in conn.execute(select(events.c.item_id, events.c.camera).order_by(events.c.n))
+                for r in conn.execute(
+                    select(events.c.item_id, events.c.camera).order_by(events.c.n)
+                )
             ]
     finally:
         db.dispose()

@@ -141,7 +141,7 @@ class LiveRelay:
                 who,
                 gateway,
                 "live.start",
-                {"camera": camera, "stream": stream, "lease_s": 30.0, "session": sid},
+                {"camera": camera, "stream": stream, "lease_s": self.config.lease_s, "session": sid},
                 camera=camera,
                 session_id=sid,
             )
@@ -149,7 +149,7 @@ class LiveRelay:
             self.client.unsubscribe(topic)
             raise
         session.reply = reply
-        session.gateway_lease_s = float(reply.get("lease_s") or 30.0)
+        session.gateway_lease_s = float(reply.get("lease_s") or self.config.lease_s)
         now = self.clock()
         session.client_expires = now + session.lease_s
         session.next_gateway_renew = now + session.gateway_lease_s / 3

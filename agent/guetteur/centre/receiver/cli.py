@@ -28,9 +28,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "gives the broker); or -b and --out",
     )
     parser.add_argument(
-        "-b", "--broker", help="broker URL, mqtt://HOST:PORT or mqtts://HOST:PORT (without -c)"
+        "-b", "--broker", help="broker URL, mqtt://HOST:PORT or mqtts://HOST:PORT (no config)"
     )
-    parser.add_argument("--out", help="directory for receiver.db, snapshots, clips (without -c)")
+    parser.add_argument("--out", help="directory for receiver.db, snapshots, clips (no config)")
     parser.add_argument("--root", default=protocol.DEFAULT_ROOT, help="topic prefix")
     parser.add_argument(
         "--share-group",
