@@ -141,7 +141,12 @@ class LiveRelay:
                 who,
                 gateway,
                 "live.start",
-                {"camera": camera, "stream": stream, "lease_s": self.config.lease_s, "session": sid},
+                {
+                    "camera": camera,
+                    "stream": stream,
+                    "lease_s": self.config.lease_s,
+                    "session": sid,
+                },
                 camera=camera,
                 session_id=sid,
             )
