@@ -23,9 +23,10 @@ from typing import Any
 import yaml
 from pydantic import Field, field_validator
 
-from guetteur.config import ConfigError, ConfigSection, MqttConfig
+from guetteur.config import ConfigError, ConfigSection, TlsConfig
+from guetteur.config.link import check_broker_url, check_topic_root
 from guetteur.config.loading import validate_model
-from guetteur.uplink.protocol import ID_PATTERN
+from guetteur.uplink.protocol import DEFAULT_ROOT, ID_PATTERN
 
 MAX_RETENTION_DAYS = 30  # the legal maximum, as at the gateway
 
@@ -49,12 +50,36 @@ class DatabaseConfig(ConfigSection):
         return v
 
 
-class CentreMqttConfig(MqttConfig):
+class CentreMqttConfig(ConfigSection):
+    url: str = Field(
+        "mqtt://127.0.0.1:1883",
+        description="The gateways' broker: mqtt://HOST:PORT or mqtts://HOST:PORT (TLS); a "
+        "user name and password, if the broker wants them, go in the URL (${secret:...})",
+    )
+    root: str = Field(DEFAULT_ROOT, description="Topic prefix of the whole interface")
+    client_id: str | None = Field(
+        None,
+        description="The receiver's MQTT client id, stable and unique per server (the broker "
+        "keeps its session while it restarts); default {centre_id}-{server}-rx",
+    )
+    tls: TlsConfig | None = Field(
+        None, description="CA, and the centre's client certificate (CN centre) and key"
+    )
     share_group: str = Field(
         "guetteur-receivers",
         description="Shared-subscription group of the receivers: the servers of one centre "
         "split the gateways' traffic ('' for plain subscriptions)",
     )
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, v: str) -> str:
+        return check_broker_url(v)
+
+    @field_validator("root")
+    @classmethod
+    def _root(cls, v: str) -> str:
+        return check_topic_root(v)
 
 
 class HttpConfig(ConfigSection):
