@@ -21,6 +21,7 @@ from tests.centre.harness import Centre, read_sse, watch_live
 from tests.fixtures.broker import MosquittoBroker
 from tests.fixtures.serial import PtyPair
 from tests.fixtures.waiting import wait_for
+from tests.recorder import Recorder
 
 MOVE_RIGHT_HALF = bytes.fromhex("FF 01 00 02 20 00 23")
 STOP = bytes.fromhex("FF 01 00 00 00 00 01")
@@ -200,3 +201,32 @@ def test_a_gateway_that_never_answers_gets_a_timeout_and_the_register_keeps_the_
         ("cmd.ptz.reply", "timeout"),
     ]
     assert rows[-1]["operator"] == "op1"
+
+
+def test_a_poisoned_gateway_message_is_refused_and_acknowledged_and_the_server_goes_on(
+    broker: MosquittoBroker, centre_server: Callable[..., Centre]
+) -> None:
+    """Issue 12: a 184-byte manifest declaring 10^10 chunks stopped the receiver for good."""
+    centre = centre_server(broker)
+    acks = Recorder(broker.url, f"{protocol.DEFAULT_ROOT}/+/ack").start()
+    gateway = Recorder(broker.url, "unused/#").start()
+    poison = protocol.dumps({"clip_id": "p1", "camera": "cam1", "size": 10**10, "chunk_size": 1,
+                             "count": 10**10, "sha256": "0" * 64})  # fmt: skip
+    try:
+        base = f"{protocol.DEFAULT_ROOT}/gwx"
+        gateway.publish_raw(f"{base}/clip/p1/manifest", poison)
+        gateway.publish_raw(f"{base}/cam/cam1/event", b"[" * 200_000)  # no id: dropped
+        gateway.publish_raw(
+            f"{base}/cam/cam1/event", protocol.dumps({"id": "ok1", "type": "start"})
+        )
+        assert acks.wait(
+            lambda m: {"clip:p1:manifest", "ok1"} <= {i for x in m for i in x.json()["ids"]}, 10
+        ), "the refused manifest and the next event acknowledged"
+    finally:
+        acks.stop()
+        gateway.stop()
+    op = centre.login("op1")
+    assert [e["id"] for e in op.ok("GET", "/api/events")["events"]] == ["ok1"]
+    health = centre.anonymous().ok("GET", "/api/health")
+    assert health["receiver"]["stats"]["refused"] == 1
+    assert health["receiver"]["stats"]["bad_messages"] == 2
