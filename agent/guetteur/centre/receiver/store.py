@@ -81,6 +81,7 @@ class Replies:
     resend: dict[str, list[str]] = field(default_factory=lambda: defaultdict(list))
     resync: set[str] = field(default_factory=set)
     kinds: set[str] = field(default_factory=set)  # what was stored: "event", "status"...
+    register: list[Entry] = field(default_factory=list)  # appended last (see _transaction)
 
     def add(self, gw: str, reply: ClipReply) -> None:
         if reply.ack:
@@ -177,6 +178,10 @@ class Store:
                     self._prelock(conn, parsed)
                     for item in parsed:
                         self._apply(conn, item, replies)
+                    # last: the register's head is locked from the first append to the commit,
+                    # and every server's commands append to it too
+                    for entry in replies.register:
+                        self.register.append(conn, entry)
                 if self.on_stored is not None:
                     self.on_stored(replies)
                 return replies
@@ -464,8 +469,7 @@ class Store:
         )
         if inserted:
             self.stats["audit"] += 1
-            self.register.append(
-                conn,
+            replies.register.append(
                 Entry(
                     action=a.action or "gateway.audit",
                     source="gateway",
