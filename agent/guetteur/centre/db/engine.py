@@ -66,6 +66,7 @@ class Database:
                 "postgresql+psycopg://USER@HOST/NAME or sqlite:////path/centre.db"
             )
         self.url = parsed
+        self._insert_new: dict[str, Any] = {}
         if self.dialect == "sqlite":
             self.engine: Engine = create_engine(
                 parsed,
@@ -112,13 +113,11 @@ class Database:
     def insert_new(self, conn: Connection, table: Table, **values: Any) -> bool:
         """INSERT unless the key exists; True when a row was inserted. (``rowcount`` cannot
         tell: with the RETURNING PostgreSQL's serial keys use, drivers report -1.)"""
-        stmt = (
-            self.insert(table)
-            .values(**values)
-            .on_conflict_do_nothing()
-            .returning(*table.primary_key.columns)
-        )
-        return conn.execute(stmt).first() is not None
+        stmt = self._insert_new.get(table.name)
+        if stmt is None:  # built once per table: building costs more than running
+            stmt = self.insert(table).on_conflict_do_nothing().returning(*table.primary_key.columns)
+            self._insert_new[table.name] = stmt
+        return conn.execute(stmt, values).first() is not None
 
     @staticmethod
     def lock(query: Select[Any]) -> Select[Any]:

@@ -27,8 +27,9 @@ from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-from sqlalchemy import delete, func, select
+from sqlalchemy import bindparam, delete, func, select
 from sqlalchemy.engine import Connection
 
 from guetteur.centre.db.engine import Database
@@ -98,6 +99,45 @@ class Replies:
         self.kinds |= other.kinds
 
 
+EpochKey = tuple[str, str, str]  # gateway, camera, epoch
+
+
+@dataclass
+class EpochState:
+    """A camera's place in its outbox sequence, for one transaction (its row is locked)."""
+
+    next_cseq: int
+    has_held: bool
+    dirty: bool = False
+
+
+class Statements:
+    """The event path's statements, built once: building a SQLAlchemy statement costs more
+    than running it on a small row."""
+
+    def __init__(self, db: Database) -> None:
+        g: Any = bindparam("g")
+        c: Any = bindparam("c")
+        e: Any = bindparam("e")
+        self.lock_epoch = db.lock(
+            select(epochs.c.next_cseq).where(
+                epochs.c.gateway == g, epochs.c.camera == c, epochs.c.epoch == e
+            )
+        )
+        self.save_epoch = (
+            epochs.update()
+            .where(epochs.c.gateway == g, epochs.c.camera == c, epochs.c.epoch == e)
+            .values(next_cseq=bindparam("n"))
+        )
+        held_of = (held.c.gateway == g) & (held.c.camera == c) & (held.c.epoch == e)
+        self.any_held = select(held.c.cseq).where(held_of).limit(1)
+        self.held_rows = (
+            select(held.c.cseq, held.c.item_id, held.c.message).where(held_of).order_by(held.c.cseq)
+        )
+        self.unhold = delete(held).where(held_of, held.c.cseq == bindparam("n"))
+        self.hold = db.insert(held).on_conflict_do_nothing()
+
+
 class Store:
     """The receiver's storage and decisions. Several servers may share one database."""
 
@@ -116,6 +156,8 @@ class Store:
         self.register = register or Register(db)
         self.stats: dict[str, int] = defaultdict(int)
         self.clips = ClipAssembler(db, media, self.stats)
+        self._q = Statements(db)
+        self._epochs: dict[EpochKey, EpochState] = {}
         self.on_stored: Callable[[Replies], None] | None = None
 
     @classmethod
@@ -175,9 +217,10 @@ class Store:
             stats_before = dict(self.stats)
             try:
                 with self.db.write() as conn:
-                    self._prelock(conn, parsed)
+                    self._epochs = self._prelock(conn, parsed)
                     for item in parsed:
                         self._apply(conn, item, replies)
+                    self._save_epochs(conn)
                     # last: the register's head is locked from the first append to the commit,
                     # and every server's commands append to it too
                     for entry in replies.register:
@@ -193,9 +236,10 @@ class Store:
                 log.info("receiver: transaction conflict (%s); trying again", type(exc).__name__)
         raise AssertionError("unreachable")
 
-    def _prelock(self, conn: Connection, parsed: list[Parsed]) -> None:
+    def _prelock(self, conn: Connection, parsed: list[Parsed]) -> dict[EpochKey, EpochState]:
         """Lock every camera's epoch row of the batch in one global order (no deadlock between
-        servers), creating rows for new epochs."""
+        servers), creating rows for new epochs; their state is kept for the transaction (one
+        read and one write per camera, not per event)."""
         keys = sorted(
             {
                 (p.gateway, p.camera, p.epoch)
@@ -203,23 +247,27 @@ class Store:
                 if isinstance(p, Event) and p.epoch is not None
             }
         )
-        for gw, camera, epoch in keys:
+        state: dict[EpochKey, EpochState] = {}
+        for key in keys:
+            gw, camera, epoch = key
             created = self.db.insert_new(
-                conn,
-                epochs,
-                gateway=gw,
-                camera=camera,
-                epoch=epoch,
-                next_cseq=1,
+                conn, epochs, gateway=gw, camera=camera, epoch=epoch, next_cseq=1,
                 first_seen=iso_ms(),
-            )
-            conn.execute(
-                self.db.lock(select(epochs.c.next_cseq)).where(
-                    epochs.c.gateway == gw, epochs.c.camera == camera, epochs.c.epoch == epoch
-                )
-            )
+            )  # fmt: skip
+            params = {"g": gw, "c": camera, "e": epoch}
+            next_cseq = int(conn.execute(self._q.lock_epoch, params).scalar_one())
             if created:
                 self._new_epoch(conn, gw, camera, epoch)
+            has_held = conn.execute(self._q.any_held, params).first() is not None
+            state[key] = EpochState(next_cseq, has_held)
+        return state
+
+    def _save_epochs(self, conn: Connection) -> None:
+        for (gw, camera, epoch), st in self._epochs.items():
+            if st.dirty:
+                conn.execute(
+                    self._q.save_epoch, {"g": gw, "c": camera, "e": epoch, "n": st.next_cseq}
+                )
 
     def _apply(self, conn: Connection, item: Parsed, replies: Replies) -> None:
         if isinstance(item, Event):
@@ -309,46 +357,25 @@ class Store:
             self._store_event(conn, e)  # arrival order
             replies.ids[e.gateway].append(e.item_id)
             return
-        next_cseq = self._next_cseq(conn, e.gateway, e.camera, e.epoch)
-        if e.cseq < next_cseq:
+        st = self._epochs[(e.gateway, e.camera, e.epoch)]
+        if e.cseq < st.next_cseq:
             self.stats["duplicates"] += 1
-        elif e.cseq > next_cseq:
+        elif e.cseq > st.next_cseq:
             conn.execute(
-                self.db.insert(held)
-                .values(
-                    gateway=e.gateway,
-                    camera=e.camera,
-                    epoch=e.epoch,
-                    cseq=e.cseq,
-                    item_id=e.item_id,
-                    message=e.message,
-                )
-                .on_conflict_do_nothing()
-            )
+                self._q.hold,
+                {"gateway": e.gateway, "camera": e.camera, "epoch": e.epoch, "cseq": e.cseq,
+                 "item_id": e.item_id, "message": e.message},
+            )  # fmt: skip
+            st.has_held = True
             self.stats["held"] += 1
         else:
             self._store_event(conn, e)
-            next_cseq = self._release_held(conn, e.gateway, e.camera, e.epoch, e.cseq + 1)
-            conn.execute(
-                epochs.update()
-                .where(
-                    epochs.c.gateway == e.gateway,
-                    epochs.c.camera == e.camera,
-                    epochs.c.epoch == e.epoch,
-                )
-                .values(next_cseq=next_cseq)
-            )
+            st.next_cseq = e.cseq + 1
+            if st.has_held:
+                st.next_cseq = self._release_held(conn, e.gateway, e.camera, e.epoch, st.next_cseq)
+            st.dirty = True
         replies.ids[e.gateway].append(e.item_id)
         replies.kinds.add("event")
-
-    def _next_cseq(self, conn: Connection, gw: str, camera: str, epoch: str) -> int:
-        return int(
-            conn.execute(
-                select(epochs.c.next_cseq).where(
-                    epochs.c.gateway == gw, epochs.c.camera == camera, epochs.c.epoch == epoch
-                )
-            ).scalar_one()
-        )
 
     def _new_epoch(self, conn: Connection, gw: str, camera: str, epoch: str) -> None:
         """A new outbox database on that gateway: whatever the old one still had waiting behind
@@ -378,25 +405,14 @@ class Store:
     ) -> int:
         """Store held events that follow ``next_cseq`` without a gap (all of them when None);
         returns the next expected cseq."""
-        rows = conn.execute(
-            select(held.c.cseq, held.c.item_id, held.c.message)
-            .where(held.c.gateway == gw, held.c.camera == camera, held.c.epoch == epoch)
-            .order_by(held.c.cseq)
-        ).all()
+        rows = conn.execute(self._q.held_rows, {"g": gw, "c": camera, "e": epoch}).all()
         expected = next_cseq
         for cseq, iid, message in rows:
             if expected is not None and cseq != expected:
                 break
             body = json.loads(message)
             self._store_event(conn, event_from_body(gw, camera, iid, body, epoch, cseq))
-            conn.execute(
-                delete(held).where(
-                    held.c.gateway == gw,
-                    held.c.camera == camera,
-                    held.c.epoch == epoch,
-                    held.c.cseq == cseq,
-                )
-            )
+            conn.execute(self._q.unhold, {"g": gw, "c": camera, "e": epoch, "n": cseq})
             expected = cseq + 1
         return expected if expected is not None else 1
 
