@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 
+import pytest
 from sqlalchemy import update
 
 from guetteur.centre.db.engine import Database
@@ -13,6 +14,7 @@ from tests.centre.harness import PASSWORD, Centre
 from tests.fixtures.broker import MosquittoBroker
 
 
+@pytest.mark.slow
 def test_logins_sessions_roles_and_rate_limit(
     broker: MosquittoBroker, centre_server: Callable[..., Centre]
 ) -> None:
@@ -61,6 +63,7 @@ def test_logins_sessions_roles_and_rate_limit(
     )
 
 
+@pytest.mark.slow
 def test_cookie_sessions_refuse_cross_site_requests(
     broker: MosquittoBroker, centre_server: Callable[..., Centre]
 ) -> None:
@@ -85,6 +88,7 @@ def test_cookie_sessions_refuse_cross_site_requests(
     assert status == 201, raw
 
 
+@pytest.mark.slow
 def test_accounts_are_managed_by_admins_and_every_change_is_registered(
     broker: MosquittoBroker, centre_server: Callable[..., Centre]
 ) -> None:

@@ -61,6 +61,7 @@ def centre_yaml(folder: Path, database_url: str) -> Path:
     return path
 
 
+@pytest.mark.slow
 def test_register_verify_names_an_edited_or_deleted_row(
     database_url: str, tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
@@ -107,6 +108,7 @@ def test_register_verify_names_an_edited_or_deleted_row(
     db.dispose()
 
 
+@pytest.mark.slow
 def test_register_csv_and_signed_report_verify_offline(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'centre.db'}"
     config = centre_yaml(tmp_path, url)

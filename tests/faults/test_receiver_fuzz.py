@@ -118,7 +118,7 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Store:
 
 
 @settings(
-    max_examples=150,
+    max_examples=60,
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
