@@ -33,10 +33,10 @@ import paho.mqtt.client as mqtt
 import yaml
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from guetteur import keyfiles
 from guetteur.centre.client import CentreClient
 from guetteur.dev.broker import PrivateBroker
 from guetteur.uplink import protocol
-from guetteur.uplink.centre_keys import generate_key_pair, load_private_key
 from guetteur.uplink.command_auth import Signer
 from guetteur.uplink.mqttutil import publish_properties
 
@@ -137,10 +137,9 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="fuzz-rss-"))
     broker = PrivateBroker(work / "broker", persistence=False)
     broker.start()
-    generate_key_pair(work / "centre.key", work / "centre.pub")
-    signer = Signer(load_private_key(work / "centre.key"))
+    signer = Signer(keyfiles.generate(work / "centre.key", work / "centre.pub"))
     stranger = Signer(Ed25519PrivateKey.generate())
-    old = Signer(load_private_key(work / "centre.key"), clock=lambda: time.time() - 600)
+    old = Signer(keyfiles.load_private(work / "centre.key"), clock=lambda: time.time() - 600)
     cfg = work / "guetteur.yaml"
     cfg.write_text(
         yaml.safe_dump(

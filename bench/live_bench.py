@@ -15,9 +15,9 @@ CentreClient / LiveViewer.
    limits measured in the same run: the MQTT command round trip (live.renew, same path, no
    media) plus the decode of one keyframe, and what waiting for the camera's next keyframe would
    cost without the GOP cache (measured per request from the hub's GOP age).
-2. CPU per session: gateway process CPU with ``--sessions`` live sessions (viewers in
-   ``guetteur centre live`` subprocesses writing to /dev/null) minus the same process without
-   sessions, per session, as % of one core; and against decoding the same stream (what any
+2. CPU per session: gateway process CPU with ``--sessions`` live sessions (``LiveViewer``s in a
+   subprocess, output discarded, as the centre's relay consumes them) minus the same process
+   without sessions, per session, as % of one core; and against decoding the same stream (what any
    re-encoding would cost at least), measured in the same run. Also bytes published per camera
    byte the sessions carried (init segments and the per-frame moof overhead).
 """
@@ -48,7 +48,7 @@ from tests.fixtures.media import MediaFactory  # noqa: E402
 from tests.fixtures.rtsp import RtspTestServer  # noqa: E402
 
 from guetteur.centre.client import CentreClient  # noqa: E402
-from guetteur.centre.live import LiveViewer  # noqa: E402
+from guetteur.centre.tools.live import LiveViewer  # noqa: E402
 from guetteur.config import CameraConfig, LiveConfig, MqttConfig  # noqa: E402
 from guetteur.live.hub import LiveHub  # noqa: E402
 from guetteur.live.service import LiveService  # noqa: E402
@@ -59,6 +59,24 @@ from guetteur.uplink.commands import CommandDispatcher  # noqa: E402
 from guetteur.uplink.link import Link  # noqa: E402
 from guetteur.uplink.publish import ClipFile, OutboundItem  # noqa: E402
 
+# the viewers' process: N LiveViewers of one camera on one broker connection, until terminated
+VIEWERS = """
+import sys, threading
+from guetteur.centre.client import CentreClient
+from guetteur.centre.tools.live import LiveViewer
+url, gw, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
+client = CentreClient(url).connect()
+def watch():
+    viewer = LiveViewer(client, gw, "cam1", lease_s=30.0, operator="bench")
+    viewer.start()
+    while True:
+        for _ in viewer.outputs(0.2):
+            pass
+threads = [threading.Thread(target=watch, daemon=True) for _ in range(n)]
+for t in threads:
+    t.start()
+threading.Event().wait()
+"""
 GW = "gw1"
 
 
@@ -229,26 +247,15 @@ def main() -> int:
         c0, w0 = process_cpu(), time.monotonic()
         time.sleep(args.cpu_seconds)
         base = (process_cpu() - c0) / (time.monotonic() - w0)
-        env = dict(os.environ, PYTHONPATH=str(REPO / "agent"))
+        # viewers as the centre's relay runs them (LiveViewers on one broker connection, output
+        # discarded), in a process of their own: what is measured is the gateway's side
+        env = dict(os.environ, PYTHONPATH=f"{REPO / 'agent'}:{REPO}")
         procs = [
             subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "guetteur.centre.live",
-                    "-b",
-                    broker.url,
-                    "--gateway",
-                    GW,
-                    "--camera",
-                    "cam1",
-                    "-o",
-                    os.devnull,
-                ],
+                [sys.executable, "-c", VIEWERS, broker.url, GW, str(args.sessions)],
                 stderr=subprocess.DEVNULL,
                 env=env,
             )
-            for _ in range(args.sessions)
         ]
         deadline = time.monotonic() + 10
         while len(service.sessions()) < args.sessions and time.monotonic() < deadline:

@@ -10,4 +10,6 @@ pytest_plugins = [
     "tests.fixtures.onvif",
     "tests.fixtures.signing",
     "tests.fixtures.shipped_broker",
+    "tests.fixtures.postgres",
+    "tests.centre.harness",
 ]

@@ -71,8 +71,8 @@ def test_run_help_imports_no_centre_or_technician_tool() -> None:
 
 def test_a_tool_loads_only_its_own_module() -> None:
     modules = loaded_modules("centre", "ptz", "--help")
-    assert "guetteur.centre.ptz" in modules
-    others = {"guetteur.centre.live", "guetteur.centre.receiver", "guetteur.ops.doctor"}
+    assert "guetteur.centre.tools.ptz" in modules
+    others = {"guetteur.centre.tools.live", "guetteur.centre.receiver", "guetteur.ops.doctor"}
     assert not modules & others, modules & others
 
 
@@ -93,19 +93,56 @@ def parser_for(
     return parser
 
 
-@pytest.mark.parametrize("tool", sorted(cli.CENTRE_TOOLS))
-def test_centre_tools_share_one_set_of_flags(tool: str, capsys: pytest.CaptureFixture[str]) -> None:
+# The centre's tools by the flags they share: straight to the broker, through the centre server
+# (an operator's login), or the server's own administration (its centre.yaml).
+BROKER_TOOLS = ("receive", "events")
+SERVER_TOOLS = ("live", "ptz", "snapshot", "export")
+CONFIG_TOOLS = ("serve", "db", "user", "register")
+OTHER_TOOLS = ("config", "key", "verify")
+
+
+def test_every_centre_tool_is_in_one_group() -> None:
+    groups = (*BROKER_TOOLS, *SERVER_TOOLS, *CONFIG_TOOLS, *OTHER_TOOLS)
+    assert sorted(groups) == sorted(cli.CENTRE_TOOLS)
+
+
+@pytest.mark.parametrize("tool", BROKER_TOOLS)
+def test_centre_broker_tools_share_one_set_of_flags(
+    tool: str, capsys: pytest.CaptureFixture[str]
+) -> None:
     text = tool_help("centre", tool)
     capsys.readouterr()
     usage = text.split("\n\n")[0]
     assert "-b BROKER, --broker BROKER" in text
-    # the broker is required, or its default is shown
-    assert "[-b BROKER]" not in usage or "(default mqtt://" in text, text
+    # the broker is required, its default is shown, or a config file gives it
+    assert "[-b BROKER]" not in usage or "(default mqtt://" in text or "-c CONFIG" in text, text
     for flag in ("--root ROOT", "--ca CA", "--cert CERT", "--key KEY"):
         assert flag in text, f"centre {tool}: no {flag}"
     assert "--ca-file" not in text and "--cert-file" not in text
     if tool != "receive":  # the receiver stores what every gateway sends
         assert "-g GATEWAY, --gateway GATEWAY" in text
+
+
+@pytest.mark.parametrize("tool", SERVER_TOOLS)
+def test_operator_tools_go_through_the_server(
+    tool: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    text = tool_help("centre", tool)
+    capsys.readouterr()
+    for flag in ("-s SERVER, --server SERVER", "-u USER, --user USER", "--token-file TOKEN_FILE",
+                 "-g GATEWAY, --gateway GATEWAY"):  # fmt: skip
+        assert flag in text, f"centre {tool}: no {flag}"
+    # never the broker itself: commands are signed by the server for the logged-in operator
+    assert "--broker" not in text and "--operator" not in text and "--priority" not in text
+
+
+@pytest.mark.parametrize("tool", CONFIG_TOOLS)
+def test_server_administration_reads_centre_yaml(
+    tool: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    text = tool_help("centre", tool)
+    capsys.readouterr()
+    assert "-c CONFIG, --config CONFIG" in text and "centre.yaml" in text
 
 
 @pytest.mark.parametrize(

@@ -1,4 +1,5 @@
-"""`guetteur demo` as a newcomer runs it: a real private broker, a test camera, events printed."""
+"""`guetteur demo` as a newcomer runs it: a real private broker, the centre server, a test camera,
+events printed as the server's live feed pushes them."""
 
 from __future__ import annotations
 
@@ -22,7 +23,8 @@ def test_demo_prints_events_received_from_a_real_broker() -> None:
     assert result.returncode == 0, result.stdout + result.stderr
     out = result.stdout
     assert "private broker on mqtt://127.0.0.1:" in out
+    assert "centre server on http://127.0.0.1:" in out
     assert "centre: event start" in out
     assert "camera=demo-cam" in out
     assert "snapshot for event" in out
-    assert "event message(s) received from the broker" in out
+    assert "event message(s) received through the centre server's API" in out

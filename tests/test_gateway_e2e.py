@@ -12,6 +12,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,7 @@ from guetteur.config import validate_config
 from guetteur.runtime.gateway import Gateway
 from guetteur.timeutil import iso_ms, parse_iso
 from guetteur.uplink import protocol
+from tests.centre.harness import PASSWORD, Centre
 from tests.fixtures.broker import MosquittoBroker
 from tests.fixtures.signing import CentreKey
 from tests.fixtures.waiting import wait_for
@@ -183,7 +185,11 @@ def test_run_stops_cleanly_on_sigterm(broker: MosquittoBroker, tmp_path: Path) -
 
 
 def test_malformed_commands_get_codes_and_the_gateway_carries_on(
-    broker: MosquittoBroker, tmp_path: Path, centre_key: CentreKey
+    broker: MosquittoBroker,
+    tmp_path: Path,
+    centre_server: Callable[..., Centre],
+    centre_key: CentreKey,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     import threading
     import uuid
@@ -258,23 +264,23 @@ def test_malformed_commands_get_codes_and_the_gateway_carries_on(
                 "a snapshot from the test camera",
             )
             assert snap["bytes"] > 1000
-        # the centre tool saves the picture, to a file or to stdout
+        # the centre tool, through the centre server, saves the picture, to a file or to stdout
+        server = centre_server(broker)
+        wait_for(lambda: server.login("op1").ok("GET", "/api/gateways")["gateways"], 10, "gw-bad")
+        for name, value in (("SERVER", server.url), ("USER", "op1"), ("PASSWORD", PASSWORD)):
+            monkeypatch.setenv(f"GUETTEUR_{name}", value)
         jpeg = tmp_path / "cam.jpg"
-        signing = ["--signing-key", str(centre_key.private_path), "--operator", "op1"]
-        common = ["centre", "snapshot", "-b", broker.url, "-g", "gw-bad", "--camera", "cam"]
-        common += signing
+        common = ["centre", "snapshot", "-g", "gw-bad", "--camera", "cam"]
         saved = guetteur(*common, "-o", str(jpeg))
         assert saved.returncode == 0, saved.stderr
         assert f"written to {jpeg}" in saved.stdout
         piped = guetteur(*common, "-o", "-")
         assert piped.returncode == 0, piped.stderr
-        assert "published on cam/cam/snapshot" in piped.stderr.decode()
+        assert "asked of gw-bad/cam" in piped.stderr.decode()
         for picture in (jpeg.read_bytes(), piped.stdout):
             image = cv2.imdecode(np.frombuffer(picture, np.uint8), cv2.IMREAD_COLOR)
             assert image is not None and image.shape[2] == 3
-        refused = guetteur(
-            "centre", "snapshot", "-b", broker.url, "-g", "gw-bad", "--camera", "x", *signing
-        )
+        refused = guetteur("centre", "snapshot", "-g", "gw-bad", "--camera", "x")
         assert refused.returncode == 1 and "unknown_camera" in refused.stderr
     finally:
         gateway.stop()

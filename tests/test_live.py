@@ -25,7 +25,7 @@ import paho.mqtt.client as mqtt
 import pytest
 
 from guetteur.centre.client import CentreClient
-from guetteur.centre.live import LiveError, LiveViewer, Output, StreamAssembler
+from guetteur.centre.tools.live import LiveError, LiveViewer, Output, StreamAssembler
 from guetteur.config import CameraConfig, LiveConfig, MqttConfig
 from guetteur.live.fmp4 import BoxSplitter, Repackager, iter_boxes
 from guetteur.live.hub import LiveHub
@@ -38,6 +38,7 @@ from guetteur.uplink.audit import AuditTrail
 from guetteur.uplink.commands import CommandContext, CommandDispatcher, CommandError
 from guetteur.uplink.link import Link
 from guetteur.uplink.mqttutil import user_properties
+from tests.centre.harness import PASSWORD, Centre
 from tests.fixtures.broker import MosquittoBroker
 from tests.fixtures.media import MediaFactory
 from tests.fixtures.publisher import CollectingPublisher
@@ -498,43 +499,52 @@ def test_camera_silent_too_long_is_down_and_bandwidth_cap(media: MediaFactory) -
 
 @pytest.mark.slow
 def test_centre_live_cli_writes_playable_file_and_stops_on_sigterm(
-    broker: MosquittoBroker, media: MediaFactory, gateway: Callable[..., Gateway], tmp_path: Path
+    broker: MosquittoBroker,
+    media: MediaFactory,
+    gateway: Callable[..., Gateway],
+    centre_server: Callable[..., Centre],
+    tmp_path: Path,
 ) -> None:
+    """`guetteur centre live` through the centre server, which relays the gateway's fMP4."""
     clip = media.h264_clip(duration=4.0, gop_s=1.0, size=(320, 180))
     gw = gateway([CameraConfig(id="cam1", url=f"file:{clip}")], LiveConfig(min_lease_s=1.0))
+    gw.link.publish_json(gw.link.topics.status, {"state": "online", "gateway": GW}, retain=True)
+    centre = centre_server(broker, live={"lease_s": 5})
+    wait_for(lambda: centre.login("op1").ok("GET", "/api/gateways")["gateways"], 10, "gw1 known")
     wait_keyframe(gw.hubs["cam1"])
     out = tmp_path / "live.mp4"
-    env = dict(os.environ, PYTHONPATH=str(REPO / "agent"))
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "guetteur.centre.live", "-b", broker.url, "--gateway", GW,
-         "--camera", "cam1", "--lease", "1.5", "--operator", "bob", "-o", str(out)],
-        stderr=subprocess.PIPE, env=env,
-    )  # fmt: skip
+    env = dict(os.environ, PYTHONPATH=str(REPO / "agent"), GUETTEUR_SERVER=centre.url,
+               GUETTEUR_USER="op1", GUETTEUR_PASSWORD=PASSWORD)  # fmt: skip
+    env.pop("GUETTEUR_TOKEN", None)
+    tool = [sys.executable, "-m", "guetteur", "centre", "live", "--gateway", GW, "--camera", "cam1"]
+    proc = subprocess.Popen([*tool, "-o", str(out)], stderr=subprocess.PIPE, env=env)
     try:
-        # 1.5 s lease: still running at 4 s proves it renews
-        wait_for(lambda: out.exists() and out.stat().st_size > 20_000, 10.0, "the viewer's file")
-        time.sleep(4.0)
+        # 5 s leases (the view's at the server, the server's at the gateway): still running at
+        # 9 s proves both are renewed
+        wait_for(lambda: out.exists() and out.stat().st_size > 20_000, 15.0, "the viewer's file")
+        time.sleep(9.0)
         assert proc.poll() is None and len(gw.service.sessions()) == 1
         proc.send_signal(signal.SIGTERM)
-        _, err = proc.communicate(timeout=10)
+        _, err = proc.communicate(timeout=15)
     finally:
         if proc.poll() is None:
             proc.kill()
     assert proc.returncode == 0, err.decode()
-    assert gw.service.sessions() == []
+    wait_for(lambda: gw.service.sessions() == [], 5, "the gateway's session to stop")
     rec = gw.audit.audit_records("live.session")[0]
-    assert rec["reason"] == "stopped" and rec["operator"] == "bob" and rec["bytes"] > 20_000
+    assert rec["reason"] == "stopped" and rec["operator"] == "op1" and rec["bytes"] > 20_000
     frames = decode_all(out.read_bytes())
-    assert frames[0].key_frame and len(frames) >= 100  # > 4 s at 25 fps
+    assert frames[0].key_frame and len(frames) >= 200  # > 9 s at 25 fps
 
     # to stdout, piped into a player (ffprobe reading the pipe stands in for ffplay)
     ffprobe = shutil.which("ffprobe")
     assert ffprobe, "ffprobe (Debian ffmpeg) is missing: run `make setup`"
     viewer = subprocess.Popen(
-        [sys.executable, "-m", "guetteur.centre.live", "-b", broker.url, "--gateway", GW,
-         "--camera", "cam1", "--duration", "2", "-o", "-"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
-    )  # fmt: skip
+        [*tool, "--duration", "2", "-o", "-"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=env,
+    )
     assert viewer.stdout is not None
     probe = subprocess.run(
         [ffprobe, "-v", "error", "-count_frames", "-select_streams", "v:0",

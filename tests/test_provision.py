@@ -328,7 +328,7 @@ def make_server_cert_like(ca: object) -> bytes:
 
 
 def test_centre_keys_are_provisioned_and_trusted(layout: tuple[Path, Path, Path]) -> None:
-    from guetteur.uplink.centre_keys import load_trusted_keys
+    from guetteur.runtime.command_path import load_trusted_keys
     from guetteur.uplink.command_auth import key_id
     from tests.fixtures.signing import make_centre_key
 

@@ -1,6 +1,6 @@
-"""`guetteur centre ptz` against a real Mosquitto, the agent's Link + CommandDispatcher +
-PtzService, and a Pelco-D dome on a socat pty: a held move is renewed past the dead-man timeout,
-then stopped."""
+"""`guetteur centre ptz` through a real centre server, to a real Mosquitto, the agent's Link +
+CommandDispatcher + PtzService, and a Pelco-D dome on a socat pty: a held move is renewed past
+the dead-man timeout, then stopped; the server signs each command for the logged-in operator."""
 
 from __future__ import annotations
 
@@ -8,26 +8,33 @@ import argparse
 import itertools
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 import serial
 
-from guetteur.centre import ptz as centre_ptz
+from guetteur.centre.tools import ptz as centre_ptz
 from guetteur.config import CameraConfig, MqttConfig, PtzConfig
 from guetteur.ptz.service import PtzService
 from guetteur.uplink.audit import AuditTrail
 from guetteur.uplink.commands import CommandDispatcher
 from guetteur.uplink.link import DirectPublisher, Link
+from tests.centre.harness import PASSWORD, Centre
 from tests.fixtures.broker import MosquittoBroker
 from tests.fixtures.serial import PtyPair
+from tests.fixtures.waiting import wait_for
 
 MOVE_RIGHT_HALF = bytes.fromhex("FF 01 00 02 20 00 23")  # pan speed round(0.5 * 0x3F) = 0x20
 STOP = bytes.fromhex("FF 01 00 00 00 00 01")
 
 
 @pytest.fixture
-def agent(broker: MosquittoBroker, pty_pair: PtyPair) -> Iterator[PtyPair]:
+def agent(
+    broker: MosquittoBroker,
+    pty_pair: PtyPair,
+    centre_server: Callable[..., Centre],
+    monkeypatch: pytest.MonkeyPatch,
+) -> Iterator[PtyPair]:
     dispatcher = CommandDispatcher()
     link = Link(MqttConfig(url=broker.url), "gw1", dispatcher)
     service = PtzService(
@@ -44,6 +51,16 @@ def agent(broker: MosquittoBroker, pty_pair: PtyPair) -> Iterator[PtyPair]:
     service.start()
     link.start()
     assert link.wait_subscribed(10)
+    # like the gateway: a retained online status, so the centre knows it
+    link.publish_json(link.topics.status, {"state": "online", "gateway": "gw1"}, retain=True)
+    centre = centre_server(broker)
+    wait_for(
+        lambda: centre.login("op1").ok("GET", "/api/gateways")["gateways"], 10, "gw1 at the centre"
+    )
+    monkeypatch.setenv("GUETTEUR_SERVER", centre.url)
+    monkeypatch.setenv("GUETTEUR_USER", "op1")
+    monkeypatch.setenv("GUETTEUR_PASSWORD", PASSWORD)
+    monkeypatch.delenv("GUETTEUR_TOKEN", raising=False)
     yield pty_pair
     service.close()
     link.stop()
@@ -74,9 +91,8 @@ def test_held_move_is_renewed_then_stopped(
     reader = threading.Thread(target=listen, daemon=True)
     reader.start()
     args = parse(
-        "-b", broker.url, "--gateway", "gw1", "--camera", "dome", "move", "--pan", "0.5",
-        "--operator", "alice", "--repeat-for", "2.5",
-    )  # fmt: skip
+        "--gateway", "gw1", "--camera", "dome", "move", "--pan", "0.5", "--repeat-for", "2.5"
+    )
     started = time.monotonic()
     assert centre_ptz.run(args) == 0
     elapsed = time.monotonic() - started
@@ -96,6 +112,6 @@ def test_held_move_is_renewed_then_stopped(
 def test_refusal_exits_1_with_the_reason(
     broker: MosquittoBroker, agent: PtyPair, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    args = parse("-b", broker.url, "-g", "gw1", "--camera", "dome", "goto_preset", "--preset", "99")
+    args = parse("-g", "gw1", "--camera", "dome", "goto_preset", "--preset", "99")
     assert centre_ptz.run(args) == 1
     assert "refused [out_of_range]" in capsys.readouterr().err

@@ -1,20 +1,21 @@
-"""The centre receiver: storage decisions on bad input (real SQLite), and end to end on a real
-Mosquitto with the outbox (acks, shared subscriptions), plus `guetteur centre events`."""
+"""The centre receiver end to end on a real Mosquitto with the outbox (acks, shared
+subscriptions), plus `guetteur centre events`. Its storage decisions, on SQLite and PostgreSQL:
+tests/centre/test_store.py."""
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
+from sqlalchemy import select
 
+from guetteur.centre.db.schema import clips, events, snapshots
 from guetteur.centre.receiver.mqtt import Receiver
-from guetteur.centre.receiver.store import Incoming, Store
+from guetteur.centre.receiver.store import Store
 from guetteur.uplink import protocol
 from guetteur.uplink.link import DirectPublisher
 from guetteur.uplink.publish import Publisher
@@ -25,106 +26,6 @@ from tests.test_outbox import Agent, event, make_clip, snapshot
 
 ROOT = protocol.DEFAULT_ROOT
 REPO = Path(__file__).resolve().parents[1]
-
-
-def manifest_for(clip_id: str, body: bytes, chunk: int) -> dict[str, object]:
-    chunks = [body[i : i + chunk] for i in range(0, len(body), chunk)]
-    return {
-        "id": protocol.clip_manifest_item_id(clip_id),
-        "clip_id": clip_id,
-        "camera": "cam1",
-        "size": len(body),
-        "sha256": hashlib.sha256(body).hexdigest(),
-        "chunk_size": chunk,
-        "count": len(chunks),
-        "chunk_sha256": [hashlib.sha256(c).hexdigest() for c in chunks],
-    }
-
-
-def msg(topic: str, payload: bytes, **props: str) -> Incoming:
-    return Incoming(f"{ROOT}/gw1/{topic}", payload, props, None)
-
-
-def test_clip_reassembly_rejects_bad_chunks_and_a_wrong_sha256(tmp_path: Path) -> None:
-    store = Store(tmp_path)
-    body = os.urandom(10_000)
-    man = manifest_for("c1", body, 4096)
-    # a chunk before its manifest is not acknowledged (it will come again)
-    r = store.handle_batch([msg("clip/c1/0", body[:4096])])
-    assert not r.ids and store.stats["early_chunks"] == 1
-    r = store.handle_batch([msg("clip/c1/manifest", protocol.dumps(man))])
-    assert not r.ids["gw1"]  # the manifest is acknowledged only once the clip is verified
-    bad = [
-        msg("clip/c1/0", body[:4000]),  # truncated
-        msg("clip/c1/1", body[4096:8192] + b"extra"),  # oversized
-        msg("clip/c1/2", b"\x00" * (10_000 - 8192)),  # right size, wrong content
-        msg("clip/c1/9", b"x"),  # beyond the manifest
-        msg("clip/c1/manifest", b"{broken"),
-        msg("clip/c1/manifest", protocol.dumps({**man, "count": 7})),  # inconsistent
-        msg("clip/c1/zzz", b"x"),
-        msg("clip/..%2f/0", b"x"),
-    ]
-    r = store.handle_batch(bad)
-    assert not r.ids["gw1"]
-    assert r.resend["gw1"] == ["clip:c1:0", "clip:c1:1", "clip:c1:2"]
-    assert store.stats["bad_chunks"] == 4
-    r = store.handle_batch([msg(f"clip/c1/{n}", body[n * 4096 : (n + 1) * 4096]) for n in range(3)])
-    assert r.ids["gw1"] == ["clip:c1:0", "clip:c1:1", "clip:c1:2", "clip:c1:manifest"]
-    assert (tmp_path / "clips" / "gw1" / "c1.mp4").read_bytes() == body
-    assert not (tmp_path / "partial" / "gw1" / "c1").exists()
-    # duplicates after completion are acknowledged again, nothing changes
-    r = store.handle_batch(
-        [msg("clip/c1/1", body[4096:8192]), msg("clip/c1/manifest", protocol.dumps(man))]
-    )
-    assert r.ids["gw1"] == ["clip:c1:1", "clip:c1:manifest"]
-
-
-def test_sha256_mismatch_of_the_whole_clip_asks_for_every_chunk(tmp_path: Path) -> None:
-    store = Store(tmp_path)
-    body = os.urandom(9000)
-    man = manifest_for("c2", body, 4096)
-    man.pop("chunk_sha256")  # without per-chunk hashes only the whole-clip sha can catch it
-    man["sha256"] = hashlib.sha256(b"something else").hexdigest()
-    store.handle_batch([msg("clip/c2/manifest", protocol.dumps(man))])
-    r = store.handle_batch([msg(f"clip/c2/{n}", body[n * 4096 : (n + 1) * 4096]) for n in range(3)])
-    assert r.resend["gw1"] == ["clip:c2:0", "clip:c2:1", "clip:c2:2"]
-    assert "clip:c2:manifest" not in r.ids["gw1"]
-    assert store.stats["bad_clips"] == 1
-    assert not (tmp_path / "clips" / "gw1" / "c2.mp4").exists()
-    # the gateway repeats the manifest: the receiver asks for what it lacks
-    r = store.handle_batch([msg("clip/c2/manifest", protocol.dumps(man))])
-    assert r.resend["gw1"] == ["clip:c2:0", "clip:c2:1", "clip:c2:2"]
-
-
-def test_events_are_deduplicated_and_stored_in_camera_order(tmp_path: Path) -> None:
-    store = Store(tmp_path)
-
-    def ev(n: int, cseq: int, epoch: str = "E1") -> Incoming:
-        body = protocol.dumps({"id": f"e{n}:0", "event_id": f"e{n}", "type": "start"})
-        return msg("cam/cam1/event", body, item_id=f"e{n}:0", epoch=epoch, cseq=str(cseq))
-
-    r = store.handle_batch([ev(1, 1), ev(3, 3), ev(4, 4), ev(3, 3)])
-    assert r.ids["gw1"] == ["e1:0", "e3:0", "e4:0", "e3:0"]  # held ones are durable: acked
-    r = store.handle_batch([ev(2, 2), ev(1, 1), ev(5, 5)])
-    order = [x[0] for x in store.db.execute("SELECT item_id FROM events ORDER BY n")]
-    assert order == ["e1:0", "e2:0", "e3:0", "e4:0", "e5:0"]
-    # a new outbox on the gateway (new epoch) starts its own sequence
-    store.handle_batch([ev(7, 2, "E2"), ev(6, 1, "E2")])
-    order = [x[0] for x in store.db.execute("SELECT item_id FROM events ORDER BY n")]
-    assert order[-2:] == ["e6:0", "e7:0"]
-    # junk never crashes the store
-    r = store.handle_batch(
-        [
-            msg("cam/cam1/event", b"\x00\xff"),
-            msg("cam/cam1/event", b"[]"),
-            msg("cam/cam1/event", protocol.dumps({"type": "start"})),
-            msg("cam/bad+id/event", b"{}"),
-            msg("audit", b"nope"),
-            Incoming("elsewhere/topic", b"{}", {}, None),
-        ]
-    )
-    assert not r.ids
-    assert store.stats["bad_messages"] == 6
 
 
 def test_receiver_acknowledges_end_to_end_and_the_outbox_empties(
@@ -155,11 +56,17 @@ def test_receiver_acknowledges_end_to_end_and_the_outbox_empties(
         validate_payload("ack", m.payload)
     acked = {i for m in acks.snapshot() for i in m.json()["ids"]}
     assert {"ev0:0", "ev19:0", "ev1:0:snap", "clip:clipE:manifest", "clip:clipE:3"} <= acked
-    out = tmp_path / "centre"
-    assert (out / "clips" / "gw-test" / "clipE.mp4").read_bytes() == body
-    assert (out / "snapshots" / "gw-test" / "cam1" / "ev1_0_snap.jpg").read_bytes()[
-        :2
-    ] == b"\xff\xd8"
+    store = Store.open_directory(tmp_path / "centre")
+    with store.db.read() as conn:
+        clip_path = conn.execute(
+            select(clips.c.path).where(clips.c.clip_id == "clipE", clips.c.state == "complete")
+        ).scalar_one()
+        snap_path = conn.execute(
+            select(snapshots.c.path).where(snapshots.c.item_id == "ev1:0:snap")
+        ).scalar_one()
+    store.close()
+    assert Path(clip_path).read_bytes() == body
+    assert Path(snap_path).read_bytes()[:2] == b"\xff\xd8"
     # once when the gateway came online, once for its retained status at the reconnection
     resyncs = [m.topic for m in acks.snapshot() if m.json().get("resync")]
     assert resyncs == [f"{ROOT}/gw-test/ack"] * 2
@@ -186,14 +93,14 @@ def test_two_receivers_in_a_share_group_split_the_load(
             r.stop()
     counts = [r.stats["events"] for r in receivers]
     assert sum(counts) == 200 and min(counts) > 0, counts
-    store = Store(out)
+    store = Store.open_directory(out)
     for cam in ("cam0", "cam1"):
-        stored = [
-            x[0]
-            for x in store.db.execute(
-                "SELECT item_id FROM events WHERE camera=? ORDER BY n", (cam,)
+        with store.db.read() as conn:
+            stored = list(
+                conn.execute(
+                    select(events.c.item_id).where(events.c.camera == cam).order_by(events.c.n)
+                ).scalars()
             )
-        ]
         want = [f"ev{n}:0" for n in range(200) if f"cam{n % 2}" == cam]
         assert stored == want
 

@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from guetteur import keyfiles
 from guetteur.ops import update_cli, updates
 
 AGENT_SOURCE = textwrap.dedent('''
@@ -68,8 +69,8 @@ class Rig:
         self.pidfile = tmp / "agent.pid"
         self.pub = tmp / "update.pub"
         priv = tmp / "update.key"
-        updates.generate_signing_key(priv, self.pub)
-        self.key = updates.load_private_key(priv)
+        keyfiles.generate(priv, self.pub)
+        self.key = keyfiles.load_private(priv)
         self.restart = tmp / "restart.sh"
         # what `systemctl restart guetteur.service` does, for a process we own
         self.restart.write_text(
@@ -97,7 +98,7 @@ class Rig:
         return updates.apply_bundle(
             bundle,
             self.root,
-            updates.load_public_key(self.pub),
+            keyfiles.load_public(self.pub),
             self.health,
             str(self.restart),
             health_timeout_s=timeout,
@@ -226,7 +227,7 @@ def test_verify_only_and_reproducible_bundle(rig: Rig, tmp_path: Path) -> None:
         [whl], "3.0.0", rig.key, tmp_path / "b.gtb", created="2026-01-01T00:00:00.000Z"
     )
     assert a.read_bytes() == b.read_bytes()
-    v = updates.verify_bundle(a, updates.load_public_key(rig.pub), tmp_path / "x")
+    v = updates.verify_bundle(a, keyfiles.load_public(rig.pub), tmp_path / "x")
     assert v.version == "3.0.0" and [w.name for w in v.wheels] == [whl.name]
     with pytest.raises(updates.UpdateError, match=r"no guetteur 3\.0\.1 wheel"):
         updates.build_bundle([whl], "3.0.1", rig.key, tmp_path / "d.gtb")
@@ -263,8 +264,8 @@ def test_an_older_signed_bundle_is_refused_unless_a_supervisor_allows_that_versi
 
     # a downgrade permit: signed by the supervisor's key (not the release key), one version
     supervisor_priv, supervisor_pub = tmp_path / "sup.key", tmp_path / "sup.pub"
-    updates.generate_signing_key(supervisor_priv, supervisor_pub)
-    supervisor = updates.load_private_key(supervisor_priv)
+    keyfiles.generate(supervisor_priv, supervisor_pub)
+    supervisor = keyfiles.load_private(supervisor_priv)
     inbox = tmp_path / "updates" / "inbox"
     inbox.mkdir(parents=True)
     os.replace(old, inbox / "old.gtb")

@@ -1,13 +1,17 @@
 """Command line: `guetteur run | demo | config … | doctor | detect | discover | export | provision |
-update | centre (events | receive | live | ptz | snapshot)`.
+update | centre (serve | config | db | user | register | key | verify | receive | events | live |
+ptz | snapshot | export)`.
 
 Tools owned by other modules expose ``add_arguments(parser)`` and ``run(args) -> int``. A tool's
 module is imported only when that tool runs (or its ``--help`` is asked for): `guetteur run` on a
 gateway loads none of the centre tools or technician tools, and an optional dependency missing
 for one tool never breaks the others.
 
-Flags mean one thing everywhere: ``-c`` is ``--config``; the centre tools share ``-b/--broker``,
-``--root``, ``--ca/--cert/--key`` (``centre.client.add_connection_arguments``) and ``-g/--gateway``.
+Flags mean one thing everywhere: ``-c`` is ``--config``; the centre's broker tools (receive,
+events) share ``-b/--broker``, ``--root``, ``--ca/--cert/--key``
+(``centre.client.add_connection_arguments``); the operators' tools (live, ptz, snapshot, export)
+go through the centre server and share ``-s/--server``, ``-u/--user``, ``--token-file``
+(``centre.apiclient.add_server_arguments``); all of them ``-g/--gateway``.
 """
 
 from __future__ import annotations
@@ -39,14 +43,31 @@ TOOLS: dict[str, tuple[str, str]] = {
     "update": ("guetteur.ops.update_cli", "verify and install a signed agent update bundle"),
 }
 CENTRE_TOOLS: dict[str, tuple[str, str]] = {
-    "events": ("guetteur.centre.events", "print events as the centre receives them"),
+    # the server and its administration (-c centre.yaml)
+    "serve": ("guetteur.centre.admin.serve", "run the centre server: receiver, API, commands"),
+    "config": ("guetteur.centre.admin.config", "check a centre.yaml, or print its reference"),
+    "db": ("guetteur.centre.admin.db", "migrate the centre database, or show its schema"),
+    "user": ("guetteur.centre.admin.user", "operators' accounts: add, disable, reset, token"),
+    "register": ("guetteur.centre.admin.register", "verify or export the access register"),
+    "key": ("guetteur.centre.admin.key", "make or show the centre's signing key"),
+    "verify": ("guetteur.centre.admin.verify", "check an extraction or a register report"),
+    # what gateways send, straight from the broker (-b)
     "receive": (
         "guetteur.centre.receiver.cli",
-        "store events, snapshots and clips; acknowledge them",
+        "store events, snapshots and clips; acknowledge them (the server without its API)",
     ),
-    "live": ("guetteur.centre.live", "watch a camera live (fMP4 to a file or stdout)"),
-    "ptz": ("guetteur.centre.ptz", "steer a PTZ camera"),
-    "snapshot": ("guetteur.centre.snapshot", "ask a gateway for a snapshot now; save the JPEG"),
+    "events": ("guetteur.centre.tools.events", "print events as the centre receives them"),
+    # operators' tools, through the server (-s, -u)
+    "live": ("guetteur.centre.tools.live", "watch a camera live (fMP4 to a file or stdout)"),
+    "ptz": ("guetteur.centre.tools.ptz", "steer a PTZ camera"),
+    "snapshot": (
+        "guetteur.centre.tools.snapshot",
+        "ask a gateway for a snapshot now; save the JPEG",
+    ),
+    "export": (
+        "guetteur.centre.tools.export_cli",
+        "extract recorded video for the police (signed)",
+    ),
 }
 
 

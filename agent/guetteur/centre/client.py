@@ -25,7 +25,7 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from guetteur.uplink import messages, protocol
-from guetteur.uplink.command_auth import DEFAULT_LIFETIME_S, ROLES, Signer
+from guetteur.uplink.command_auth import DEFAULT_LIFETIME_S, Signer
 from guetteur.uplink.mqttutil import configure_tls, new_client, parse_broker_url, publish_properties
 
 log = logging.getLogger(__name__)
@@ -68,48 +68,12 @@ def add_gateway_argument(
         )
 
 
-def add_signing_arguments(parser: argparse.ArgumentParser, operator: bool = True) -> None:
-    """``--signing-key``, ``--role`` (and ``--operator`` unless the tool has its own): how a
-    tool that sends commands signs them."""
-    parser.add_argument(
-        "--signing-key",
-        help="Ed25519 private key (PEM) the centre issued to sign commands; gateways refuse "
-        "unsigned commands",
-    )
-    if operator:
-        parser.add_argument(
-            "--operator", help="operator the commands are signed for (default: $USER)"
-        )
-    parser.add_argument(
-        "--role", default="operator", choices=ROLES, help="role signed with the commands"
-    )
-
-
 def client_from_args(args: argparse.Namespace) -> CentreClient:
-    """A client (not yet connected) for the flags of ``add_connection_arguments`` (and of
-    ``add_signing_arguments`` when the tool has them); raises ValueError with a sentence for a
-    bad broker URL or an unusable signing key."""
-    signer = None
-    key_path = getattr(args, "signing_key", None)
-    if key_path:
-        from guetteur.uplink.centre_keys import KeyFileError, load_private_key
-
-        try:
-            signer = Signer(load_private_key(key_path))
-        except KeyFileError as exc:
-            raise ValueError(exc.message) from None
-    import getpass
-
-    operator = getattr(args, "operator", None) or getpass.getuser()
+    """A client (not yet connected) for the flags of ``add_connection_arguments``: a watcher of
+    the broker (``centre events``); raises ValueError with a sentence for a bad broker URL.
+    Tools that send commands go through the centre server, which signs them."""
     return CentreClient(
-        args.broker,
-        root=args.root,
-        ca_file=args.ca,
-        cert_file=args.cert,
-        key_file=args.key,
-        signer=signer,
-        operator=operator,
-        role=getattr(args, "role", None) or "operator",
+        args.broker, root=args.root, ca_file=args.ca, cert_file=args.cert, key_file=args.key
     )
 
 

@@ -50,18 +50,27 @@ class MqttConfig(ConfigSection):
     @field_validator("url")
     @classmethod
     def _url(cls, v: str) -> str:
-        parts = urlsplit(v)
-        if parts.scheme not in ("mqtt", "mqtts", "tcp", "ssl") or not parts.hostname:
-            raise ValueError("expected mqtt://HOST[:PORT] or mqtts://HOST[:PORT]")
-        try:
-            parts.port  # noqa: B018 - raises on a bad port
-        except ValueError:
-            raise ValueError("port is not a number between 0 and 65535") from None
-        return v
+        return check_broker_url(v)
 
     @field_validator("root")
     @classmethod
     def _root(cls, v: str) -> str:
-        if not v or v.startswith("/") or v.endswith("/") or any(c in v for c in "+#"):
-            raise ValueError("expected a topic prefix without wildcards or leading/trailing '/'")
-        return v
+        return check_topic_root(v)
+
+
+def check_broker_url(v: str) -> str:
+    """A broker URL the clients can use (also the centre's ``mqtt.url``)."""
+    parts = urlsplit(v)
+    if parts.scheme not in ("mqtt", "mqtts", "tcp", "ssl") or not parts.hostname:
+        raise ValueError("expected mqtt://HOST[:PORT] or mqtts://HOST[:PORT]")
+    try:
+        parts.port  # noqa: B018 - raises on a bad port
+    except ValueError:
+        raise ValueError("port is not a number between 0 and 65535") from None
+    return v
+
+
+def check_topic_root(v: str) -> str:
+    if not v or v.startswith("/") or v.endswith("/") or any(c in v for c in "+#"):
+        raise ValueError("expected a topic prefix without wildcards or leading/trailing '/'")
+    return v

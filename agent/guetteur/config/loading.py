@@ -11,13 +11,15 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 import yaml
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from guetteur.config.gateway import GuetteurConfig
+
+M = TypeVar("M", bound=BaseModel)
 
 
 class ConfigError(Exception):
@@ -112,6 +114,12 @@ def _resolve_refs(
 
 def validate_config(raw: Any, source: str = "config") -> GuetteurConfig:
     """Validate a parsed YAML tree. Raises ConfigError listing every problem."""
+    return validate_model(GuetteurConfig, raw, source)
+
+
+def validate_model(model: type[M], raw: Any, source: str = "config") -> M:
+    """Validate a parsed YAML tree against any config model (the gateway's, the centre's):
+    secret references resolved, every problem listed at once in a ConfigError."""
     if not isinstance(raw, dict):
         raise ConfigError(source, ["(top level): expected a mapping of keys to values"])
     problems: list[str] = []
@@ -130,7 +138,7 @@ def validate_config(raw: Any, source: str = "config") -> GuetteurConfig:
             problems.append(f"secrets_file: {secrets_file} is not valid YAML: {exc}")
     resolved = _resolve_refs(raw, (), secrets, problems)
     try:
-        config = GuetteurConfig.model_validate(resolved)
+        config = model.model_validate(resolved)
     except ValidationError as exc:
         problems += validation_problems(exc)
         raise ConfigError(source, problems) from None

@@ -56,15 +56,19 @@ def _rows(model: type[BaseModel], prefix: str, out: list[tuple[str, str, str, st
             _rows(sub, f"{path}[]." if is_list else f"{path}.", out)
 
 
-def config_reference() -> str:
+def config_reference(
+    model: type[BaseModel] = GuetteurConfig,
+    title: str = "Configuration reference",
+    command: str = "guetteur config",
+) -> str:
     rows: list[tuple[str, str, str, str]] = []
-    _rows(GuetteurConfig, "", rows)
+    _rows(model, "", rows)
     lines = [
-        "# Configuration reference",
+        f"# {title}",
         "",
-        "Generated from the config models by `guetteur config reference`; do not edit by hand.",
+        f"Generated from the config models by `{command} reference`; do not edit by hand.",
         "Unknown keys are refused. Any string may be `${env:NAME}`, `${file:/path}` or",
-        "`${secret:NAME}` (a key of `secrets_file`). Check a file with `guetteur config check FILE`.",
+        f"`${{secret:NAME}}` (a key of `secrets_file`). Check a file with `{command} check FILE`.",
         "",
         "| key | type | default | description |",
         "|---|---|---|---|",

@@ -46,6 +46,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from guetteur.config import ConfigError, validate_config
+from guetteur.keyfiles import KeyFileError, parse_public_keys, public_pem
 from guetteur.ops.enrolment import CERT_FILE, KEY_FILE, TOKEN_FILE, overwrite_and_unlink
 from guetteur.ops.enrolment import retire_enrolment_token as retire_enrolment_token
 from guetteur.ops.provision_file import PROVISION_FILE as PROVISION_FILE
@@ -54,7 +55,6 @@ from guetteur.ops.provision_file import ProvisionError as ProvisionError
 from guetteur.ops.provision_file import ProvisionFile as ProvisionFile
 from guetteur.ops.provision_file import parse_provision_text as parse_provision_text
 from guetteur.timeutil import iso_ms
-from guetteur.uplink.centre_keys import KeyFileError, parse_public_keys, public_pem
 
 log = logging.getLogger(__name__)
 

@@ -13,9 +13,10 @@ import tempfile
 from pathlib import Path
 
 from guetteur.errors import GuetteurError
+from guetteur.keyfiles import load_public
 from guetteur.ops import inbox as inbox_dir
 from guetteur.ops import rollback
-from guetteur.ops.updates import apply_bundle, load_public_key, verify_bundle
+from guetteur.ops.updates import apply_bundle, verify_bundle
 from guetteur.timeutil import iso_ms
 
 log = logging.getLogger(__name__)
@@ -60,7 +61,7 @@ def _process(
     path: Path, args: argparse.Namespace, permit: bytes | None = None
 ) -> dict[str, object]:
     try:
-        key = load_public_key(args.public_key)
+        key = load_public(args.public_key)
         if args.verify_only:
             with tempfile.TemporaryDirectory() as work:
                 v = verify_bundle(path, key, Path(work))
@@ -72,7 +73,7 @@ def _process(
             }
         supervisor = None
         if permit is not None and args.supervisor_key.exists():
-            supervisor = load_public_key(args.supervisor_key)
+            supervisor = load_public(args.supervisor_key)
         r = apply_bundle(
             path,
             args.releases,
@@ -90,7 +91,7 @@ def _process(
             "previous": r.previous,
             "message": r.message,
         }
-    except GuetteurError as exc:  # UpdateError, RollbackError, InboxError
+    except GuetteurError as exc:  # UpdateError, RollbackError, InboxError, KeyFileError
         log.error("update %s refused: %s", path.name, exc.message)
         return {"bundle": path.name, "status": "refused", "code": exc.code, "message": exc.message}
 

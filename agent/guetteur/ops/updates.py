@@ -38,7 +38,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from guetteur.errors import GuetteurError
@@ -66,48 +65,6 @@ class UpdateError(GuetteurError):
 
 # ---------------------------------------------------------------------------------------------
 # keys and bundles
-
-
-def load_public_key(path: Path) -> Ed25519PublicKey:
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise UpdateError(
-            "update.key", f"cannot read the update public key {path}: {exc.strerror}"
-        ) from None
-    try:
-        key = serialization.load_pem_public_key(data)
-    except ValueError:
-        raise UpdateError("update.key", f"{path} is not a PEM public key") from None
-    if not isinstance(key, Ed25519PublicKey):
-        raise UpdateError("update.key", f"{path} is not an Ed25519 public key")
-    return key
-
-
-def load_private_key(path: Path) -> Ed25519PrivateKey:
-    key = serialization.load_pem_private_key(path.read_bytes(), password=None)
-    if not isinstance(key, Ed25519PrivateKey):
-        raise UpdateError("update.key", f"{path} is not an Ed25519 private key")
-    return key
-
-
-def generate_signing_key(private_path: Path, public_path: Path) -> None:
-    """A new Ed25519 key pair: the private half stays on the release host (mode 0600)."""
-    key = Ed25519PrivateKey.generate()
-    fd = os.open(private_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(
-            key.private_bytes(
-                serialization.Encoding.PEM,
-                serialization.PrivateFormat.PKCS8,
-                serialization.NoEncryption(),
-            )
-        )
-    public_path.write_bytes(
-        key.public_key().public_bytes(
-            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-        )
-    )
 
 
 def _sha256(path: Path) -> str:

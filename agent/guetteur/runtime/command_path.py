@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterable
 from pathlib import Path
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
 from guetteur.config import GuetteurConfig
+from guetteur.keyfiles import KeyFileError, load_public_keys
 from guetteur.uplink.audit import AuditTrail
-from guetteur.uplink.centre_keys import load_trusted_keys
 from guetteur.uplink.command_auth import Verifier
 from guetteur.uplink.commands import CommandDispatcher
 from guetteur.uplink.nonces import PersistentNonces
@@ -19,6 +22,19 @@ from guetteur.uplink.publish import Publisher
 log = logging.getLogger(__name__)
 
 NONCE_FILE = "command-nonces"
+
+
+def load_trusted_keys(paths: Iterable[str | Path]) -> tuple[list[Ed25519PublicKey], list[str]]:
+    """The keys of every usable file, and one sentence per file that is not (the gateway starts
+    anyway and refuses every command until a key is provisioned)."""
+    keys: list[Ed25519PublicKey] = []
+    problems: list[str] = []
+    for path in paths:
+        try:
+            keys += load_public_keys(path)
+        except KeyFileError as exc:
+            problems.append(f"centre key file: {exc.message}")
+    return keys, problems
 
 
 def build_command_path(

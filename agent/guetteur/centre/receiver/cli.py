@@ -1,12 +1,16 @@
 """`guetteur centre receive`: the centre's durable store of events, snapshots, clips and audit
-records, acknowledging each to its gateway once stored for good (see ``store`` and ``mqtt``)."""
+records, acknowledging each to its gateway once stored for good — the centre server without its
+API and command path (the same ``Receiver`` and ``Store``).
+
+    guetteur centre receive -c /etc/guetteur-centre/centre.yaml    # the server's database
+    guetteur centre receive -b mqtts://broker:8883 --out /srv/csu   # embedded: DIR/receiver.db
+"""
 
 from __future__ import annotations
 
 import argparse
 import logging
 import signal
-import sqlite3
 import threading
 from types import FrameType
 
@@ -18,9 +22,15 @@ log = logging.getLogger(__name__)
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "-b", "--broker", required=True, help="broker URL, mqtt://HOST:PORT or mqtts://HOST:PORT"
+        "-c",
+        "--config",
+        help="centre.yaml: store into the centre's database and media tree (its mqtt section "
+        "gives the broker); or -b and --out",
     )
-    parser.add_argument("--out", required=True, help="directory for receiver.db, snapshots, clips")
+    parser.add_argument(
+        "-b", "--broker", help="broker URL, mqtt://HOST:PORT or mqtts://HOST:PORT (no config)"
+    )
+    parser.add_argument("--out", help="directory for receiver.db, snapshots, clips (no config)")
     parser.add_argument("--root", default=protocol.DEFAULT_ROOT, help="topic prefix")
     parser.add_argument(
         "--share-group",
@@ -38,20 +48,34 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--key", help="client certificate key")
 
 
+def _receiver(args: argparse.Namespace) -> Receiver:
+    if args.config:
+        from guetteur.centre.admin.common import load
+        from guetteur.centre.register import Register
+        from guetteur.centre.server import make_receiver, make_store, open_database
+
+        config = load(args)
+        db = open_database(config)
+        return make_receiver(config, make_store(config, db, Register(db)))
+    if not args.broker or not args.out:
+        raise ValueError("give -c centre.yaml, or both -b BROKER and --out DIR")
+    return Receiver(
+        args.broker,
+        args.out,
+        root=args.root,
+        share_group=args.share_group or None,
+        client_id=args.client_id,
+        ca_file=args.ca,
+        cert_file=args.cert,
+        key_file=args.key,
+    )
+
+
 def run(args: argparse.Namespace) -> int:
     try:
-        receiver = Receiver(
-            args.broker,
-            args.out,
-            root=args.root,
-            share_group=args.share_group or None,
-            client_id=args.client_id,
-            ca_file=args.ca,
-            cert_file=args.cert,
-            key_file=args.key,
-        )
-    except (ValueError, OSError, sqlite3.Error) as exc:
-        print(f"error: {exc}", flush=True)
+        receiver = _receiver(args)
+    except Exception as exc:  # a config, URL or database problem: one sentence, exit 2
+        print(f"error: {exc or type(exc).__name__}", flush=True)
         return 2
     stop = threading.Event()
 
@@ -61,9 +85,13 @@ def run(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, handler)
     signal.signal(signal.SIGINT, handler)
     receiver.start()
-    log.info("receiver: storing into %s; subscriptions: %s", args.out, ", ".join(receiver.topics()))
+    log.info(
+        "receiver: storing into %s; subscriptions: %s",
+        receiver.store.db.describe(),
+        ", ".join(receiver.topics()),
+    )
     if not receiver.wait_connected(10.0):
-        log.warning("receiver: broker %s not reachable yet; still trying", args.broker)
+        log.warning("receiver: broker %s not reachable yet; still trying", receiver.address.host)
     while not stop.wait(1.0):
         pass
     receiver.stop()

@@ -1,10 +1,15 @@
 """Clips at the centre: a manifest, then chunks, reassembled into one verified file.
 
-Each chunk is checked against the manifest (its size, its sha256) and kept in
-``partial/{gw}/{clip_id}/{n}``; once every chunk is there the clip is reassembled into
-``clips/{gw}/{clip_id}.mp4`` and kept only if its sha256 matches the manifest; the manifest is
-acknowledged then, which lets the gateway delete the clip. A bad chunk or clip is asked for again
-(``resend``). Runs inside the Store's transaction, on its database.
+Chunks wait in the database (``clip_chunks``) until the last one arrives, so any server sharing
+the database can finish a clip whose chunks were split between servers by the shared
+subscription. Each chunk is checked against the manifest (size, sha256) on arrival; the clip is
+then written into the content-addressed media tree and kept only if its sha256 matches the
+manifest, and the manifest is acknowledged (the gateway deletes the clip). A bad chunk or clip is
+asked for again (``resend``). A manifest beyond the receiver's limits is refused and acknowledged
+(``refused``): its chunks are acknowledged as they come, and dropped.
+
+Runs inside the store's transaction; the clip's row is locked first (``FOR UPDATE``) so two
+servers never assemble one clip twice or both miss its last chunk.
 """
 
 from __future__ import annotations
@@ -12,12 +17,16 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
-import sqlite3
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
 
+from sqlalchemy import delete, func, select
+from sqlalchemy.engine import Connection
+
+from guetteur.centre.db.engine import Database
+from guetteur.centre.db.schema import clip_chunks, clips
+from guetteur.centre.media import MediaStore
+from guetteur.centre.receiver.parse import Chunk, Manifest, Refusal
 from guetteur.timeutil import iso_ms
 from guetteur.uplink import protocol
 
@@ -33,241 +42,211 @@ class ClipReply:
 
 
 class ClipAssembler:
-    def __init__(self, db: sqlite3.Connection, out: Path, stats: dict[str, int]) -> None:
-        self._db = db
-        self._out = out
-        self._stats = stats
+    def __init__(self, db: Database, media: MediaStore, stats: dict[str, int]) -> None:
+        self.db = db
+        self.media = media
+        self.stats = stats
 
-    def on_manifest(
-        self, gw: str, clip_id: str, payload: bytes, after_commit: list[Path]
-    ) -> ClipReply:
-        """A clip's manifest; ``after_commit`` collects folders to delete once committed."""
-        reply = ClipReply()
-        self._manifest(gw, clip_id, payload, reply, after_commit)
-        return reply
-
-    def on_chunk(
-        self,
-        gw: str,
-        clip_id: str,
-        n: int,
-        payload: bytes,
-        item_id: str | None,
-        after_commit: list[Path],
-    ) -> ClipReply:
-        """Chunk ``n`` of a clip (``item_id``: the id it was sent with, if any)."""
-        reply = ClipReply()
-        self._chunk(gw, clip_id, n, payload, item_id, reply, after_commit)
-        return reply
-
-    def _partial_dir(self, gw: str, clip_id: str) -> Path:
-        return self._out / "partial" / gw / clip_id
-
-    def _manifest(
-        self, gw: str, clip_id: str, payload: bytes, reply: ClipReply, after_commit: list[Path]
-    ) -> None:
-        manifest_id = protocol.clip_manifest_item_id(clip_id)
-        try:
-            manifest = protocol.parse_clip_manifest(payload)
-        except protocol.MessageError as exc:
-            self._stats["bad_messages"] += 1
-            log.warning(
-                "receiver: bad manifest for clip %s from gateway %s (%s); ignored", clip_id, gw, exc
+    def _row(self, conn: Connection, gw: str, clip_id: str) -> tuple[str, str] | None:
+        row = conn.execute(
+            self.db.lock(select(clips.c.state, clips.c.manifest)).where(
+                clips.c.gateway == gw, clips.c.clip_id == clip_id
             )
-            return
-        if manifest["clip_id"] != clip_id:
-            self._stats["bad_messages"] += 1
-            log.warning(
-                "receiver: manifest on clip/%s names clip %s; ignored", clip_id, manifest["clip_id"]
+        ).first()
+        return (str(row[0]), str(row[1])) if row else None
+
+    def refuse(self, conn: Connection, refusal: Refusal, clip_id: str) -> None:
+        """A manifest refused for good: remember it, so its chunks are acknowledged and dropped."""
+        assert refusal.gateway is not None
+        conn.execute(
+            self.db.insert(clips)
+            .values(
+                gateway=refusal.gateway,
+                clip_id=clip_id,
+                manifest=json.dumps({"refused": refusal.reason}),
+                state="refused",
+                received=iso_ms(),
             )
-            return
-        row = self._db.execute(
-            "SELECT state, manifest FROM clips WHERE gateway=? AND clip_id=?", (gw, clip_id)
-        ).fetchone()
-        if row and row[0] == "complete":
-            self._stats["duplicates"] += 1
-            reply.ack.append(manifest_id)
-            return
-        text = json.dumps(manifest, separators=(",", ":"), sort_keys=True)
-        repeat = row is not None
-        if row and row[1] != text:
-            # a different manifest for the same clip id: start again from scratch
-            log.warning(
-                "receiver: clip %s from gateway %s has a new manifest; restarting it", clip_id, gw
-            )
-            self._db.execute("DELETE FROM chunks WHERE gateway=? AND clip_id=?", (gw, clip_id))
-            after_commit.append(self._partial_dir(gw, clip_id))
-            repeat = False
-        self._db.execute(
-            "INSERT INTO clips (gateway, clip_id, manifest, state, size, sha256, camera, "
-            "event_id, received) VALUES (?, ?, ?, 'receiving', ?, ?, ?, ?, ?) "
-            "ON CONFLICT (gateway, clip_id) DO UPDATE SET manifest=excluded.manifest",
-            (
-                gw,
-                clip_id,
-                text,
-                manifest["size"],
-                manifest["sha256"],
-                manifest.get("camera"),
-                manifest.get("event_id"),
-                iso_ms(),
-            ),
+            .on_conflict_do_nothing()
         )
-        missing = self._missing_chunks(gw, clip_id, int(manifest["count"]))
+        conn.execute(
+            delete(clip_chunks).where(
+                clip_chunks.c.gateway == refusal.gateway, clip_chunks.c.clip_id == clip_id
+            )
+        )
+
+    def on_manifest(self, conn: Connection, m: Manifest) -> ClipReply:
+        reply = ClipReply()
+        manifest_id = protocol.clip_manifest_item_id(m.clip_id)
+        row = self._row(conn, m.gateway, m.clip_id)
+        if row and row[0] in ("complete", "refused"):
+            self.stats["duplicates"] += 1
+            reply.ack.append(manifest_id)
+            return reply
+        repeat = row is not None
+        if row and row[1] != m.text:
+            log.warning(
+                "receiver: clip %s from gateway %s has a new manifest; restarting it",
+                m.clip_id,
+                m.gateway,
+            )
+            self._drop_chunks(conn, m.gateway, m.clip_id)
+            repeat = False
+        values = dict(
+            manifest=m.text,
+            state="receiving",
+            size=m.size,
+            sha256=m.sha256,
+            count=m.count,
+            chunk_size=m.chunk_size,
+            camera=m.camera,
+            event_id=m.event_id,
+            request_id=m.request_id,
+            started=m.started,
+            ended=m.ended,
+        )
+        conn.execute(
+            self.db.insert(clips)
+            .values(gateway=m.gateway, clip_id=m.clip_id, received=iso_ms(), **values)
+            .on_conflict_do_update(index_elements=["gateway", "clip_id"], set_=values)
+        )
+        missing = self._missing(conn, m.gateway, m.clip_id, m.count)
         if not missing:
-            self._assemble(gw, clip_id, manifest, reply, after_commit)
+            self._assemble(conn, m, reply)
         elif repeat:
             # the gateway sent the manifest again: it still waits for the clip; ask for what we
             # lack (chunks it may believe delivered)
-            reply.resend.extend(protocol.clip_chunk_item_id(clip_id, n) for n in missing)
+            reply.resend.extend(protocol.clip_chunk_item_id(m.clip_id, n) for n in missing)
+        return reply
 
-    def _missing_chunks(self, gw: str, clip_id: str, count: int) -> list[int]:
-        have = {
-            r[0]
-            for r in self._db.execute(
-                "SELECT n FROM chunks WHERE gateway=? AND clip_id=?", (gw, clip_id)
-            )
-        }
-        return [n for n in range(count) if n not in have]
-
-    def _chunk(
-        self,
-        gw: str,
-        clip_id: str,
-        n: int,
-        payload: bytes,
-        item_id: str | None,
-        reply: ClipReply,
-        after_commit: list[Path],
-    ) -> None:
-        chunk_id = item_id or protocol.clip_chunk_item_id(clip_id, n)
-        row = self._db.execute(
-            "SELECT state, manifest FROM clips WHERE gateway=? AND clip_id=?", (gw, clip_id)
-        ).fetchone()
+    def on_chunk(self, conn: Connection, c: Chunk) -> ClipReply:
+        reply = ClipReply()
+        row = self._row(conn, c.gateway, c.clip_id)
         if row is None:
-            self._stats["early_chunks"] += 1
+            self.stats["early_chunks"] += 1
             log.info(
                 "receiver: chunk %d of clip %s from gateway %s came before its manifest; "
                 "not acknowledged, it will come again",
-                n,
-                clip_id,
-                gw,
+                c.n,
+                c.clip_id,
+                c.gateway,
             )
-            return
-        if row[0] == "complete":
-            self._stats["duplicates"] += 1
-            reply.ack.append(chunk_id)
-            return
-        manifest = json.loads(row[1])
-        size, chunk_size, count = manifest["size"], manifest["chunk_size"], manifest["count"]
-        expected = min(chunk_size, size - n * chunk_size) if n < count else -1
+            return reply
+        if row[0] in ("complete", "refused"):
+            self.stats["duplicates" if row[0] == "complete" else "refused"] += 1
+            reply.ack.append(c.item_id)
+            return reply
+        m = json.loads(row[1])
+        size, chunk_size, count = int(m["size"]), int(m["chunk_size"]), int(m["count"])
+        expected = min(chunk_size, size - c.n * chunk_size) if c.n < count else -1
         problem = None
-        if n >= count:
-            problem = f"chunk {n} is beyond the {count} chunks of the manifest"
-        elif len(payload) != expected:
-            problem = f"chunk {n} has {len(payload)} bytes, expected {expected}"
-        elif manifest.get("chunk_sha256") and (
-            hashlib.sha256(payload).hexdigest() != manifest["chunk_sha256"][n]
+        if c.n >= count:
+            problem = f"chunk {c.n} is beyond the {count} chunks of the manifest"
+        elif len(c.payload) != expected:
+            problem = f"chunk {c.n} has {len(c.payload)} bytes, expected {expected}"
+        elif m.get("chunk_sha256") and (
+            hashlib.sha256(c.payload).hexdigest() != m["chunk_sha256"][c.n]
         ):
-            problem = f"chunk {n} sha256 does not match the manifest"
+            problem = f"chunk {c.n} sha256 does not match the manifest"
         if problem:
-            self._stats["bad_chunks"] += 1
+            self.stats["bad_chunks"] += 1
             log.warning(
-                "receiver: clip %s from gateway %s: %s; asking for it again", clip_id, gw, problem
+                "receiver: clip %s from gateway %s: %s; asking for it again",
+                c.clip_id,
+                c.gateway,
+                problem,
             )
-            if n < count:
-                reply.resend.append(chunk_id)
-            return
-        folder = self._partial_dir(gw, clip_id)
-        folder.mkdir(parents=True, exist_ok=True)
-        write_atomic(folder / str(n), payload)
-        self._db.execute(
-            "INSERT OR IGNORE INTO chunks (gateway, clip_id, n) VALUES (?, ?, ?)", (gw, clip_id, n)
+            if c.n < count:
+                reply.resend.append(c.item_id)
+            return reply
+        conn.execute(
+            self.db.insert(clip_chunks)
+            .values(gateway=c.gateway, clip_id=c.clip_id, n=c.n, data=c.payload)
+            .on_conflict_do_nothing()
         )
-        reply.ack.append(chunk_id)
-        if not self._missing_chunks(gw, clip_id, count):
-            self._assemble(gw, clip_id, manifest, reply, after_commit)
+        reply.ack.append(c.item_id)
+        if not self._missing(conn, c.gateway, c.clip_id, count):
+            self._assemble(conn, _manifest_of(c.gateway, c.clip_id, m, row[1]), reply)
+        return reply
 
-    def _assemble(
-        self,
-        gw: str,
-        clip_id: str,
-        manifest: dict[str, Any],
-        reply: ClipReply,
-        after_commit: list[Path],
-    ) -> None:
-        folder = self._partial_dir(gw, clip_id)
-        target_dir = self._out / "clips" / gw
-        target_dir.mkdir(parents=True, exist_ok=True)
-        target = target_dir / f"{clip_id}.mp4"
-        tmp = target.with_suffix(".mp4.tmp")
-        digest = hashlib.sha256()
-        try:
-            with open(tmp, "wb") as out:
-                for n in range(int(manifest["count"])):
-                    data = (folder / str(n)).read_bytes()
-                    digest.update(data)
-                    out.write(data)
-                out.flush()
-                os.fsync(out.fileno())
-        except OSError as exc:
-            tmp.unlink(missing_ok=True)
-            log.warning(
-                "receiver: clip %s from gateway %s: a chunk file is unreadable (%s); "
-                "asking for the clip again",
-                clip_id,
-                gw,
-                exc,
-            )
-            self._restart_clip(gw, clip_id, manifest, reply, after_commit)
-            return
-        if digest.hexdigest() != manifest["sha256"]:
-            tmp.unlink(missing_ok=True)
-            self._stats["bad_clips"] += 1
+    def _missing(self, conn: Connection, gw: str, clip_id: str, count: int) -> list[int]:
+        """Chunk numbers not yet received; ``count`` is bounded by ``Limits.max_chunks``."""
+        have_count = conn.execute(
+            select(func.count())
+            .select_from(clip_chunks)
+            .where(clip_chunks.c.gateway == gw, clip_chunks.c.clip_id == clip_id)
+        ).scalar_one()
+        if have_count >= count:
+            return []
+        have = set(
+            conn.execute(
+                select(clip_chunks.c.n).where(
+                    clip_chunks.c.gateway == gw, clip_chunks.c.clip_id == clip_id
+                )
+            ).scalars()
+        )
+        return [n for n in range(count) if n not in have]
+
+    def _chunks(self, conn: Connection, gw: str, clip_id: str, count: int) -> Iterator[bytes]:
+        for n in range(count):  # one at a time: a clip may be bigger than memory
+            yield conn.execute(
+                select(clip_chunks.c.data).where(
+                    clip_chunks.c.gateway == gw,
+                    clip_chunks.c.clip_id == clip_id,
+                    clip_chunks.c.n == n,
+                )
+            ).scalar_one()
+
+    def _assemble(self, conn: Connection, m: Manifest, reply: ClipReply) -> None:
+        path = self.media.put_parts(
+            self._chunks(conn, m.gateway, m.clip_id, m.count), "mp4", m.sha256
+        )
+        if path is None:
+            self.stats["bad_clips"] += 1
             log.error(
                 "receiver: clip %s from gateway %s: sha256 of the reassembled file does not "
                 "match the manifest; discarded, asking for every chunk again",
-                clip_id,
-                gw,
+                m.clip_id,
+                m.gateway,
             )
-            self._restart_clip(gw, clip_id, manifest, reply, after_commit)
+            self._drop_chunks(conn, m.gateway, m.clip_id)
+            reply.resend.extend(protocol.clip_chunk_item_id(m.clip_id, n) for n in range(m.count))
             return
-        os.replace(tmp, target)
-        self._db.execute(
-            "UPDATE clips SET state='complete', path=?, received=? WHERE gateway=? AND clip_id=?",
-            (str(target), iso_ms(), gw, clip_id),
+        conn.execute(
+            clips.update()
+            .where(clips.c.gateway == m.gateway, clips.c.clip_id == m.clip_id)
+            .values(state="complete", path=str(path), received=iso_ms())
         )
-        self._db.execute("DELETE FROM chunks WHERE gateway=? AND clip_id=?", (gw, clip_id))
-        after_commit.append(folder)
-        self._stats["clips"] += 1
+        self._drop_chunks(conn, m.gateway, m.clip_id)
+        self.stats["clips"] += 1
         log.info(
             "receiver: clip %s from gateway %s complete (%d bytes, sha256 verified)",
-            clip_id,
-            gw,
-            manifest["size"],
+            m.clip_id,
+            m.gateway,
+            m.size,
         )
-        reply.ack.append(protocol.clip_manifest_item_id(clip_id))
+        reply.ack.append(protocol.clip_manifest_item_id(m.clip_id))
 
-    def _restart_clip(
-        self,
-        gw: str,
-        clip_id: str,
-        manifest: dict[str, Any],
-        reply: ClipReply,
-        after_commit: list[Path],
-    ) -> None:
-        self._db.execute("DELETE FROM chunks WHERE gateway=? AND clip_id=?", (gw, clip_id))
-        after_commit.append(self._partial_dir(gw, clip_id))
-        reply.resend.extend(
-            protocol.clip_chunk_item_id(clip_id, n) for n in range(int(manifest["count"]))
+    def _drop_chunks(self, conn: Connection, gw: str, clip_id: str) -> None:
+        conn.execute(
+            delete(clip_chunks).where(clip_chunks.c.gateway == gw, clip_chunks.c.clip_id == clip_id)
         )
 
 
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write a file whole or not at all (fsync, then rename)."""
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+def _manifest_of(gw: str, clip_id: str, m: dict[str, object], text: str) -> Manifest:
+    chunk_sha = m.get("chunk_sha256")
+    return Manifest(
+        gateway=gw,
+        clip_id=clip_id,
+        size=int(m["size"]),  # type: ignore[call-overload]
+        sha256=str(m["sha256"]),
+        chunk_size=int(m["chunk_size"]),  # type: ignore[call-overload]
+        count=int(m["count"]),  # type: ignore[call-overload]
+        chunk_sha256=tuple(chunk_sha) if isinstance(chunk_sha, list) else None,
+        camera=None,
+        event_id=None,
+        request_id=None,
+        started=None,
+        ended=None,
+        text=text,
+    )

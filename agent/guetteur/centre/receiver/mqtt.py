@@ -1,8 +1,13 @@
 """The centre receiver's MQTT side: a persistent session (fixed client id, clean_start false,
 long session expiry) so the broker queues messages while the receiver is down; shared
-subscriptions (``$share/GROUP/...``) so several receivers split the load; PUBACKs sent only after
-the store's commit; end-to-end acks on ``{root}/{gw}/ack``, and a resync request to a gateway
-that comes online.
+subscriptions (``$share/GROUP/...``) so several receivers (servers) split the load; PUBACKs sent
+only after the store's commit; end-to-end acks on ``{root}/{gw}/ack``, and a resync request to a
+gateway that comes online.
+
+Hand-off: the network thread queues messages for the store thread. The queue needs no bound of
+its own: the broker sends at most ``RECEIVE_MAXIMUM`` unacknowledged messages (MQTT 5 Receive
+Maximum), and the receiver acknowledges nothing it has not stored — while the database is away,
+the batch waits and is tried again, and the broker and the gateways keep the rest.
 """
 
 from __future__ import annotations
@@ -12,9 +17,7 @@ import logging
 import os
 import queue
 import socket
-import sqlite3
 import threading
-import time
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +27,8 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
-from guetteur.centre.receiver.store import Incoming, Replies, Store
+from guetteur.centre.receiver.parse import Incoming
+from guetteur.centre.receiver.store import Replies, Store, StoreUnavailable
 from guetteur.uplink import protocol
 from guetteur.uplink.mqttutil import configure_tls, content_type, parse_broker_url, user_properties
 
@@ -33,15 +37,20 @@ log = logging.getLogger(__name__)
 DEFAULT_GROUP = "guetteur-receivers"
 SESSION_EXPIRY_S = 7 * 86400
 BATCH = 500  # most messages stored (and acknowledged) per transaction
+RECEIVE_MAXIMUM = 2 * BATCH  # unacknowledged messages the broker may have in flight to us
+RETRY_MAX_S = 30.0
 
 
 class Receiver:
-    """The MQTT side: a persistent session, shared subscriptions, PUBACK after commit, acks."""
+    """The MQTT side: a persistent session, shared subscriptions, PUBACK after commit, acks.
+
+    ``store``: a Store (the server shares its database), or a directory for the embedded layout
+    (``DIR/receiver.db`` and the media tree)."""
 
     def __init__(
         self,
         url: str,
-        out_dir: str | os.PathLike[str],
+        store: Store | str | os.PathLike[str],
         root: str = protocol.DEFAULT_ROOT,
         share_group: str | None = DEFAULT_GROUP,
         client_id: str | None = None,
@@ -51,15 +60,16 @@ class Receiver:
     ) -> None:
         self.root = root
         self.address = parse_broker_url(url)
-        self.store = Store(out_dir, root)
+        if isinstance(store, Store):
+            self.store, self._owns_store = store, False
+            default_seed = f"{socket.gethostname()}:{store.db.describe()}"
+        else:
+            self.store, self._owns_store = Store.open_directory(store, root), True
+            default_seed = f"{socket.gethostname()}:{Path(store).resolve()}"
         self.share_group = share_group
-        default_id = (
-            "receiver-"
-            + hashlib.sha256(
-                f"{socket.gethostname()}:{Path(out_dir).resolve()}".encode()
-            ).hexdigest()[:12]
+        self.client_id = (
+            client_id or "receiver-" + hashlib.sha256(default_seed.encode()).hexdigest()[:12]
         )
-        self.client_id = client_id or default_id
         self._client = mqtt.Client(
             callback_api_version=CallbackAPIVersion.VERSION2,
             client_id=self.client_id,
@@ -76,8 +86,10 @@ class Receiver:
         self._client.reconnect_delay_set(1, 10)
         self._queue: queue.Queue[Incoming | None] = queue.Queue()
         self._worker: threading.Thread | None = None
+        self._stop = threading.Event()
         self.connected = threading.Event()
-        self._stopping = False
+        self.database_ok = threading.Event()
+        self.database_ok.set()
 
     @property
     def stats(self) -> dict[str, int]:
@@ -99,6 +111,7 @@ class Receiver:
     def start(self) -> None:
         props = Properties(PacketTypes.CONNECT)
         props.SessionExpiryInterval = SESSION_EXPIRY_S
+        props.ReceiveMaximum = RECEIVE_MAXIMUM
         self._worker = threading.Thread(target=self._work, name="receiver", daemon=True)
         self._worker.start()
         self._client.connect_async(
@@ -107,13 +120,14 @@ class Receiver:
         self._client.loop_start()
 
     def stop(self) -> None:
-        self._stopping = True
+        self._stop.set()
         self._queue.put(None)
         if self._worker is not None:
             self._worker.join(10.0)
         self._client.disconnect()
         self._client.loop_stop()
-        self.store.close()
+        if self._owns_store:
+            self.store.close()
 
     def wait_connected(self, timeout: float) -> bool:
         return self.connected.wait(timeout)
@@ -126,8 +140,10 @@ class Receiver:
             return
         for topic in self.topics():
             client.subscribe(topic, qos=1)
-        # plain, not shared: retained statuses are not sent on shared subscriptions
+        # plain, not shared: retained statuses are not sent on shared subscriptions, and every
+        # server keeps the fleet's state
         client.subscribe(f"{self.root}/+/status", qos=1)
+        client.subscribe(f"{self.root}/+/cam/+/status", qos=1)
         self.connected.set()
         log.info(
             "receiver %s: connected to %s:%d (session present: %s)",
@@ -138,7 +154,7 @@ class Receiver:
         )
 
     def _on_disconnect(self, *_args: Any) -> None:
-        if self.connected.is_set() and not self._stopping:
+        if self.connected.is_set() and not self._stop.is_set():
             log.warning("receiver: disconnected from the broker; reconnecting")
         self.connected.clear()
 
@@ -171,21 +187,33 @@ class Receiver:
                     stop = True
                     break
                 batch.append(nxt)
-            self._store_batch(batch)
-            if stop:
+            if not self._store_batch(batch) or stop:
                 return
 
-    def _store_batch(self, batch: list[Incoming]) -> None:
-        try:
-            replies = self.store.handle_batch(batch)
-        except sqlite3.Error:
-            log.exception(
-                "receiver: database error; %d message(s) not acknowledged, the "
-                "broker and the gateways will send them again",
-                len(batch),
-            )
-            time.sleep(1.0)
-            return
+    def _store_batch(self, batch: list[Incoming]) -> bool:
+        """Store, then acknowledge; while the database is away, keep the batch and try again
+        (the broker holds back more). False when stopped meanwhile."""
+        delay = 1.0
+        while True:
+            try:
+                replies = self.store.handle_batch(batch)
+                break
+            except StoreUnavailable as exc:
+                if self.database_ok.is_set():
+                    log.error(
+                        "receiver: database %s unreachable (%s); %d message(s) kept, not "
+                        "acknowledged; retrying every few seconds",
+                        self.store.db.describe(),
+                        exc,
+                        len(batch),
+                    )
+                self.database_ok.clear()
+                if self._stop.wait(delay):
+                    return False
+                delay = min(delay * 2, RETRY_MAX_S)
+        if not self.database_ok.is_set():
+            log.warning("receiver: database %s is back; storing again", self.store.db.describe())
+            self.database_ok.set()
         for msg in batch:
             if msg.qos > 0:
                 self._client.ack(msg.mid, msg.qos)
@@ -195,6 +223,7 @@ class Receiver:
                 f"{self.root}/{gw}/ack", protocol.ack_message([], resync=True), qos=1
             )
             log.info("receiver: gateway %s is online; asked it to re-send what is in flight", gw)
+        return True
 
     def _send_replies(self, replies: Replies) -> None:
         for gw in set(replies.ids) | set(replies.resend):

@@ -1,19 +1,28 @@
-"""``guetteur centre live``: watch a camera live; writes playable fragmented MP4 to a file or stdout.
+"""Live video at the centre: ordering fMP4 fragments into a decodable stream, and watching.
 
-    guetteur centre live -b mqtt://broker:1883 -g gw1 --camera cam1 -o - | ffplay -
+``guetteur centre live``: watch a camera through the centre server (which signs the gateway's
+live session for the logged-in operator and registers the view); writes playable fragmented MP4
+to a file or stdout::
 
-It picks a session id, subscribes to the session topic *first* (so it receives the cached GOP the
-gateway sends at once), sends ``live.start``, renews the lease every third of it, and sends
-``live.stop`` on Ctrl-C or SIGTERM. The output always starts with the init segment and a fragment
-that starts on a keyframe, so it decodes from its first byte; after a lost fragment (QoS 0) it
-skips to the next keyframe fragment instead of writing undecodable frames. When the camera
-changes format (new init segment), a file output continues in ``NAME.2.mp4``, ``NAME.3.mp4``...
+    guetteur centre live -s http://csu:8080 -u op1 -g gw1 --camera cam1 -o - | ffplay -
+
+The server relays the gateway's fragments over a WebSocket (``centre.relay``); this tool renews
+the view's lease every third of it and stops the view on Ctrl-C or SIGTERM. The output starts
+with the init segment and a fragment that starts on a keyframe, so it decodes from its first
+byte. When the camera changes format (new init segment), a file output continues in
+``NAME.2.mp4``, ``NAME.3.mp4``...
+
+``StreamAssembler`` (pure) puts live messages in writing order; the server's relay uses it.
+``LiveViewer`` watches over a ``CentreClient`` on the broker directly: for the gateway's own
+tests and benches, which play the centre's part.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
+import json
 import logging
 import os
 import queue
@@ -28,15 +37,15 @@ from pathlib import Path
 from types import FrameType
 from typing import Any, BinaryIO
 
+import aiohttp
 import paho.mqtt.client as mqtt
 
-from guetteur.centre.client import (
-    CentreClient,
-    CentreError,
-    add_connection_arguments,
+from guetteur.centre.client import CentreClient, CentreError
+from guetteur.centre.tools.apiclient import (
+    ApiFailure,
     add_gateway_argument,
-    add_signing_arguments,
-    client_from_args,
+    add_server_arguments,
+    connect,
 )
 from guetteur.errors import GuetteurError
 from guetteur.uplink.mqttutil import user_properties
@@ -62,6 +71,7 @@ class Output:
     kind: str  # "init" (start of a stream epoch: a new file) or "data"
     data: bytes
     init_id: str
+    key: bool = field(default=False, compare=False)  # a fragment starting on a keyframe
 
 
 @dataclass
@@ -124,7 +134,7 @@ class StreamAssembler:
             self.fragments_skipped += 1
             return out
         self._need_key = False
-        out.append(Output("data", payload, init_id))
+        out.append(Output("data", payload, init_id, key))
         self.fragments_written += 1
         return out
 
@@ -312,8 +322,7 @@ class OutputFiles:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    add_connection_arguments(parser)
-    add_signing_arguments(parser, operator=False)
+    add_server_arguments(parser)
     add_gateway_argument(parser)
     parser.add_argument("--camera", required=True, help="camera id")
     parser.add_argument(
@@ -321,18 +330,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         choices=("main", "sub"),
         default="main",
         help="main stream or the camera's sub-stream (default main)",
-    )
-    parser.add_argument(
-        "--lease",
-        type=float,
-        default=30.0,
-        metavar="S",
-        help="lease in seconds, renewed every third of it (default 30)",
-    )
-    parser.add_argument(
-        "--operator",
-        default=os.environ.get("USER"),
-        help="operator name for the audit trail (default $USER)",
     )
     parser.add_argument(
         "-o",
@@ -361,72 +358,87 @@ def run(args: argparse.Namespace) -> int:
         for sig in (signal.SIGINT, signal.SIGTERM):
             previous[sig] = signal.signal(sig, on_signal)
     try:
-        return watch(args, stop)
+        return asyncio.run(watch(args, stop))
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
 
 
-def watch(args: argparse.Namespace, stop: threading.Event) -> int:
-    """The body of ``run``, stoppable by ``stop`` (signals set it)."""
+def _kind(data: bytes) -> str:
+    """An init segment starts with an ``ftyp`` box; fragments with ``styp``/``moof``."""
+    return "init" if data[4:8] == b"ftyp" else "data"
+
+
+async def watch(args: argparse.Namespace, stop: threading.Event) -> int:
+    """The body of ``run``: a live view through the centre server, stoppable by ``stop``."""
     try:
-        client = client_from_args(args)
-        client.connect()
-    except (CentreError, ValueError) as exc:
+        client = await connect(args)
+    except ApiFailure as exc:
         print(f"live: {exc}", file=sys.stderr)
         return 2
-    viewer = LiveViewer(client, args.gateway, args.camera, args.stream, args.lease, args.operator)
     files = OutputFiles(args.output)
-    code = 0
-    try:
+    code, fragments, renewals = 0, 0, 0
+    async with client:
         try:
-            reply = viewer.start()
-        except (LiveError, CentreError) as exc:
+            view = await client.request(
+                "POST",
+                "/api/live",
+                {
+                    "gateway": args.gateway,
+                    "camera": args.camera,
+                    "stream": args.stream,
+                },
+            )
+        except ApiFailure as exc:
             print(f"live: camera {args.camera} on {args.gateway} refused: {exc}", file=sys.stderr)
             return 2
+        sid, lease = str(view["session"]), float(view["lease_s"])
         print(
-            f"live: session {reply['session']} on {args.gateway}/{args.camera} "
-            f"({reply.get('stream')} {reply.get('codec')} {reply.get('width')}x"
-            f"{reply.get('height')}, lease {reply.get('lease_s')} s)"
-            + (f"; {reply['note']}" if reply.get("note") else ""),
+            f"live: session {sid} on {args.gateway}/{args.camera} ({view.get('stream')} "
+            f"{view.get('codec')} {view.get('width')}x{view.get('height')}, lease {lease:g} s)",
             file=sys.stderr,
         )
         deadline = None if args.duration is None else time.monotonic() + args.duration
-        while not stop.is_set():
-            if deadline is not None and time.monotonic() >= deadline:
-                break
-            try:
-                for out in viewer.outputs(0.2):
-                    files.write(out)
-            except BrokenPipeError:
-                break  # the player went away: stop the session below
-            except LiveError as exc:
-                print(f"live: session {viewer.session} lost: {exc}", file=sys.stderr)
-                code = 1
-                break
-            if viewer.ended:
-                print(f"live: the gateway ended session {viewer.session}: {viewer.ended}",
-                      file=sys.stderr)  # fmt: skip
-                code = 0 if viewer.ended == "stopped" else 1
-                break
-    finally:
-        viewer.stop()
-        files.close()
-        client.close()
-        if viewer.reply is not None:
-            print(f"live: {files.bytes} bytes written, {viewer.assembler.fragments_written} "
-                  f"fragments, {viewer.renewals} renewals", file=sys.stderr)  # fmt: skip
+        next_renew = time.monotonic() + lease / 3
+        try:
+            async with client.websocket(f"/api/live/{sid}/ws") as ws:
+                while not stop.is_set():
+                    now = time.monotonic()
+                    if deadline is not None and now >= deadline:
+                        break
+                    if now >= next_renew:
+                        await client.request("POST", f"/api/live/{sid}/renew")
+                        renewals += 1
+                        next_renew = now + lease / 3
+                    try:
+                        msg = await ws.receive(timeout=0.2)
+                    except TimeoutError:
+                        continue
+                    if msg.type == aiohttp.WSMsgType.BINARY:
+                        data = bytes(msg.data)
+                        kind = _kind(data)
+                        fragments += kind == "data"
+                        files.write(Output(kind, data, str(files.epochs + (kind == "init"))))
+                    elif msg.type == aiohttp.WSMsgType.TEXT:
+                        info = json.loads(msg.data)
+                        if info.get("type") == "end":
+                            reason = info.get("reason")
+                            print(f"live: session {sid} ended: {reason}", file=sys.stderr)
+                            code = 0 if reason == "stopped" else 1
+                            break
+                    else:  # closed or error
+                        print(f"live: session {sid} lost ({msg.type.name})", file=sys.stderr)
+                        code = 1
+                        break
+        except BrokenPipeError:
+            pass  # the player went away: stop the session below
+        except ApiFailure as exc:
+            print(f"live: session {sid} lost: {exc}", file=sys.stderr)
+            code = 1
+        finally:
+            files.close()
+            with contextlib.suppress(ApiFailure):
+                await client.request("DELETE", f"/api/live/{sid}")
+    print(f"live: {files.bytes} bytes written, {fragments} fragments, {renewals} renewals",
+          file=sys.stderr)  # fmt: skip
     return code
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="guetteur centre live", description=__doc__.split("\n")[0]
-    )
-    add_arguments(parser)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
-    return run(parser.parse_args(argv))
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,0 +1,1 @@
+"""The centre database: tables (``schema``), engine and dialects (``engine``), migrations."""
