@@ -24,7 +24,14 @@ class EventsConfig(ConfigSection):
         2.0, gt=0, description="Shortest interval between two updates of one event"
     )
     max_duration_s: float = Field(
-        600.0, gt=0, description="An event longer than this is ended and a new one started"
+        120.0,
+        gt=0,
+        le=3600,
+        description=(
+            "Longest part of an event, in seconds: a longer one is split into linked parts "
+            "(part, previous_event_id), each with its end and its clip, so the centre gets "
+            "video while it matters"
+        ),
     )
     snapshot_quality: int = Field(85, ge=10, le=100, description="JPEG quality of snapshots")
     snapshot_width: int = Field(640, ge=64, le=3840, description="Largest width of snapshots")
