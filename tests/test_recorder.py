@@ -306,22 +306,54 @@ def tiny_partition(tmp_path: Path):  # type: ignore[no-untyped-def]
         subprocess.run(["umount", "-l", str(mnt)], check=False)
 
 
+def fill(directory: Path, name: str = "ballast") -> Path:
+    """Fill the partition of ``directory`` to the last block, as another writer would."""
+    ballast = directory / name
+    with open(ballast, "wb") as f:
+        try:
+            while True:
+                f.write(b"\0" * (1 << 16))
+                f.flush()
+        except OSError:
+            pass
+    return ballast
+
+
 @pytest.mark.slow
 def test_disk_full_is_survived(clip_avcc: Clip, tiny_partition: Path) -> None:
     wall0 = time.time() - 7200
-    # No cap at all: only ENOSPC stops the ring from growing.
-    rec = Recorder(config(segment_s=2), tiny_partition)
-    last = None
-    for n, pkt in enumerate(feed(clip_avcc, "cam1", wall0, loops=25)):  # ~24 MB into 12 MB
+    # No cap at all, limits larger than the disk: the headroom keeps the ring from filling it.
+    rec = Recorder(
+        config(segment_s=2, headroom_bytes=1 << 20, reserve_file_bytes=0), tiny_partition
+    )
+    packets = list(feed(clip_avcc, "cam1", wall0, loops=25))  # ~24 MB into 12 MB
+    for n, pkt in enumerate(packets[: len(packets) // 2]):
         rec.on_packet(pkt)
-        last = pkt
         if n % 50 == 0:
             time.sleep(0.01)
+    assert rec.flush()
+    assert rec.stats.write_errors == 0 and rec.stats.segments_purged > 0
+    # Something else fills the partition to the last block: ENOSPC while recording.
+    ballast = fill(tiny_partition)
+    degraded = None
+    for n, pkt in enumerate(packets[len(packets) // 2 :]):
+        rec.on_packet(pkt)
+        if n % 50 == 0:
+            time.sleep(0.01)
+            status = rec.status()
+            if status["state"] == "degraded" and degraded is None:
+                degraded = status["reason"]
+        if n == len(packets) // 4:
+            ballast.unlink()  # the technician frees space: recording resumes by itself
+    assert rec.flush()
+    time.sleep(0.3)
+    status = rec.status()
+    assert status["state"] == "ok", status["reason"]  # the truth again once space is back
+    last = packets[-1]
     rec.close()
-    assert last is not None
     assert rec.stats.write_errors > 0
+    assert degraded is not None and "cam1" in degraded, degraded
     assert any("full" in w for w in rec.warnings())
-    assert rec.stats.segments_purged > 0
     index = SegmentIndex.for_data_dir(tiny_partition)
     end = index.covered_until("cam1")
     assert end is not None and end > last.wallclock - 10  # still recording at the end
