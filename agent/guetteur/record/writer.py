@@ -92,6 +92,7 @@ class Recorder:
         self._warnings: dict[str, tuple[float, str]] = {}
         self._warn_lock = threading.Lock()
         # Opening the index on a full disk may need room (WAL files): the reserve goes first.
+        self.data_dir.mkdir(parents=True, exist_ok=True)
         if shutil.disk_usage(self.data_dir).free < config.headroom_bytes:
             reserve.release(self.data_dir, "the recordings index")
         self.index = SegmentIndex.for_data_dir(self.data_dir)
@@ -174,18 +175,25 @@ class Recorder:
                 del self._warnings[key]
             return [msg for _, msg in self._warnings.values()]
 
+    def degraded_reason(self) -> str | None:
+        """Why recording is degraded (some camera cannot write, the partition is short of space,
+        the databases' reserve is in use), or None. Cheap: no index query."""
+        with self._cameras_lock:
+            failing = sorted(self._failing.items())
+        reasons = [f"recording of {cam} stopped: {why}" for cam, why in failing]
+        reasons += self._ring_purger.space_reasons()
+        return "; ".join(reasons) if reasons else None
+
     def status(self) -> dict[str, Any]:
         """The recording part of the gateway status: ``state`` is ``degraded`` with a ``reason``
-        while some camera cannot write or the partition is short of space."""
+        while ``degraded_reason`` says so."""
         oldest = self.index.oldest_start()
         with self._cameras_lock:
             recording = sorted(c for c, s in self._cameras.items() if s.segment is not None)
-            failing = dict(self._failing)
-        reasons = [f"recording of {cam} stopped: {why}" for cam, why in sorted(failing.items())]
-        reasons += self._ring_purger.space_reasons()
+        reason = self.degraded_reason()
         return {
-            "state": "degraded" if reasons else "ok",
-            "reason": "; ".join(reasons) if reasons else None,
+            "state": "degraded" if reason else "ok",
+            "reason": reason,
             "bytes": self.index.total_bytes(),
             "oldest": iso_ms(oldest) if oldest is not None else None,
             "recording": recording,
