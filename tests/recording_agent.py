@@ -240,6 +240,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seconds", type=float, default=None, help="stop cleanly after this long")
     ap.add_argument("--write-buffer", type=int, default=1 << 20, help="bytes per disk write")
     ap.add_argument("--sync-interval", type=float, default=1.0, help="recording.sync_interval_s")
+    ap.add_argument("--open-event", default=None, help="pin an event that never ends, this id")
+    ap.add_argument("--max-bytes", type=int, default=None, help="recording.max_bytes")
     args = ap.parse_args(argv)
     clip = load_clip(args.media)
     config = RecordingConfig(
@@ -248,13 +250,17 @@ def main(argv: list[str] | None = None) -> int:
         min_free_bytes=0,
         write_buffer_bytes=args.write_buffer,
         sync_interval_s=args.sync_interval,
+        max_bytes=args.max_bytes,
     )
     recorder = Recorder(config, args.data_dir)
     report = recorder.reconcile_report
     # Continue the timeline after what is already recorded, as a live camera would.
     wall0 = max(time.time(), (recorder.index.covered_until("cam1") or 0.0) + 1.0)
+    if args.open_event:  # as EventClipper.event_started: open-ended until the event ends
+        recorder.pin("cam1", wall0, float("inf"), args.open_event)
     print(
-        f"READY repaired={report.repaired} removed={report.removed_files} wall0={wall0:.3f}",
+        f"READY repaired={report.repaired} removed={report.removed_files} "
+        f"pins_closed={report.pins_closed} wall0={wall0:.3f}",
         flush=True,
     )
     started = time.monotonic()

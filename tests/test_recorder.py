@@ -380,3 +380,62 @@ def test_reconcile_looks_only_at_recent_days_unless_asked(clip_avcc: Clip, tmp_p
     assert len(index.all_segments()) == len(segs) + 1
     check_index(index)
     index.close()
+
+
+def test_status_while_the_writer_adds_cameras(clip_avcc: Clip, tmp_path: Path) -> None:
+    """status() (the supervisor's thread) reads the cameras while the writer thread adds them."""
+    import sys
+    import threading
+
+    rec = Recorder(config(), tmp_path)
+    delta = next(p for p in feed(clip_avcc, "x", 0.0, loops=1) if not p.keyframe)
+    errors: list[BaseException] = []
+    done = threading.Event()
+
+    def poll() -> None:
+        while not done.is_set():
+            try:
+                rec.status()
+                rec._reserve_bytes()
+            except BaseException as exc:  # what the race raises is the finding
+                errors.append(exc)
+                return
+
+    old = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # switch threads as often as possible
+    poller = threading.Thread(target=poll)
+    poller.start()
+    try:
+        for n in range(20_000):  # each a new camera: waits for its keyframe, but is listed
+            rec.on_packet(replace(delta, camera=f"c{n}"))
+            if n % 500 == 0:
+                assert rec.flush()
+        assert rec.flush()
+    finally:
+        done.set()
+        poller.join()
+        sys.setswitchinterval(old)
+        rec.close()
+    assert errors == []
+
+
+def test_a_disk_full_signal_during_a_pass_is_kept_for_the_next(tmp_path: Path) -> None:
+    """need_free() from the writer thread while the retention thread is between reading and
+    resetting the urgent amount must not be lost."""
+    from guetteur.record.purge import RingPurger
+
+    index = SegmentIndex.for_data_dir(tmp_path)
+    seen: list[int] = []
+    purger: RingPurger
+
+    def writing_reserve() -> int:  # called inside the pass, as the writer may interleave
+        if not seen:
+            purger.need_free(5 << 20)  # the writer meets ENOSPC right now
+        return 0
+
+    purger = RingPurger(index, config(), time.time, writing_reserve, lambda _k, _m: None)
+    purger.run()
+    seen.append(1)
+    limits = purger._limits(purger._take_urgent())
+    assert limits.min_free_bytes == 5 << 20  # before: reset to 0 after it was read
+    index.close()

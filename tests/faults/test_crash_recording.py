@@ -48,3 +48,47 @@ def test_twenty_kills_keep_ninety_percent_of_the_recording(media: Path, tmp_path
     assert kept >= 0.9 * recorded
     assert worst <= GOP_S + 0.1
     assert verify(tmp_path / "rec", {}) >= 20  # every indexed segment decodes, strictly
+
+
+def test_a_pin_left_open_by_a_crash_is_closed_at_start(media: Path, tmp_path: Path) -> None:
+    """kill -9 during an event leaves its pin without an end; before, size retention was then off
+    for that camera for 30 days. The restart gives it the end of what was recorded."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from guetteur.record.index import SegmentIndex
+
+    root = Path(__file__).resolve().parents[2]
+    base = [sys.executable, "-m", "tests.recording_agent", str(tmp_path), str(media),
+            "--pace", "4", "--segment-s", "1"]  # fmt: skip
+    agent = subprocess.Popen(
+        [*base, "--open-event", "evt-crash"], cwd=root, stdout=subprocess.PIPE, text=True
+    )
+    assert agent.stdout is not None and agent.stdout.readline().startswith("READY")
+    time.sleep(2.0)
+    agent.send_signal(signal.SIGKILL)
+    agent.wait(10)
+    index = SegmentIndex(tmp_path / "rec")
+    (pin,) = index.pins()
+    assert pin.t1 == float("inf")
+    index.close()
+    # Restart with a size cap of ~3 segments, and record well past the crash.
+    done = subprocess.run(
+        [*base, "--seconds", "4", "--max-bytes", "150000"],
+        cwd=root, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "pins_closed=1" in done.stdout
+    index = SegmentIndex(tmp_path / "rec")
+    try:
+        (pin,) = index.pins()
+        assert pin.t0 < pin.t1 < float("inf")
+        segs = index.all_segments()
+        after = [s for s in segs if s.start >= pin.t1]
+        # Size retention works again after the pinned range: not everything since is kept.
+        assert sum(s.size for s in after) <= 150_000
+        assert any(s.start < pin.t1 for s in segs)  # the event's own video is still kept
+    finally:
+        index.close()
