@@ -201,7 +201,9 @@ class Gateway:
         states = [w.status.state for w in self.workers.values()]
         streaming = states.count("streaming")
         link = "link up" if self.link.connected else "link down"
-        return f"{streaming}/{len(states)} cameras streaming, {link}"
+        reason = self.recorder.degraded_reason() if self.recorder is not None else None
+        degraded = f", recording degraded: {reason}" if reason else ""
+        return f"{streaming}/{len(states)} cameras streaming, {link}{degraded}"
 
     def run(
         self,
@@ -282,9 +284,11 @@ class Gateway:
 
     def status_message(self, state: str = "online") -> dict[str, Any]:
         disk = shutil.disk_usage(self.data_dir)
-        return messages.gateway_status(
+        recording = self.recorder.status() if self.recorder is not None else None
+        degraded = recording is not None and recording["state"] == "degraded"
+        message = messages.gateway_status(
             gateway=self.config.gateway_id,
-            state=state,
+            state="degraded" if degraded and state == "online" else state,
             site=self.config.site,
             version=__version__,
             uptime_s=time.time() - self.started_at,
@@ -292,10 +296,13 @@ class Gateway:
             cameras={cid: w.status.state for cid, w in self.workers.items()},
             disk_free_bytes=disk.free,
             disk_total_bytes=disk.total,
-            recording=self.recorder.status() if self.recorder is not None else None,
+            recording=recording,
             outbox=self.outbox.depth() if self.outbox is not None else None,
             warnings=self.warnings(),
         )
+        if degraded and recording is not None:  # the truth, not "online" with a warning
+            message["reason"] = recording["reason"]
+        return message
 
     def warnings(self) -> list[str]:
         found = list(self._warnings)
