@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -11,6 +12,7 @@ from guetteur.analytics.events import EventTracker, EventUpdate
 from guetteur.analytics.motion import MotionResult
 from guetteur.config import EventsConfig
 from guetteur.media.types import AnalyticFrame, Box
+from guetteur.record.event_journal import EventJournal, restart_end
 from guetteur.uplink import messages
 
 FPS = 5.0
@@ -198,3 +200,26 @@ def test_a_split_alert_stays_an_alert_and_keeps_its_labels() -> None:
     assert len(chain) == 3  # the required label is not needed again for the later parts
     assert all(p[0].category == "alert" and p[0].rule == "parc" for p in chain)
     assert all(p[0].labels.get("person") == 0.8 for p in chain)
+
+
+def test_an_open_event_survives_in_the_journal_and_is_ended_for_restart(tmp_path: Path) -> None:
+    """What the runtime records of an open event is enough to end it after a crash: the next
+    seq, the same part and link, reason restart, the end when it was last seen open."""
+    cfg = EventsConfig(start_frames=1, end_quiet_s=5.0, max_duration_s=2.0, update_interval_s=0.4)
+    out = run(EventTracker("cam1", cfg), [(0, 3, True)])  # part 2 still running
+    seen = iter([WALL0 + 100.0 + i for i in range(100)])
+    journal = EventJournal(tmp_path, clock=lambda: next(seen))
+    for u in out:
+        if u.kind == "end":
+            journal.ended(u.event_id, None)
+        else:
+            journal.opened(u, messages.event(u, "gw1")["id"].encode())
+    journal.close()
+    (left,) = EventJournal(tmp_path).open_events()  # after the "crash"
+    last = out[-1]
+    assert left.last.event_id == last.event_id and left.payload == last.message_id.encode()
+    end = restart_end(left, clock_synced=False)
+    assert (end.kind, end.seq, end.reason) == ("end", last.seq + 1, "restart")
+    assert end.part == 2 and end.previous_event_id == out[0].event_id
+    assert end.start_wall == last.start_wall and end.end_wall == left.seen
+    assert end.labels == last.labels and end.boxes == last.boxes and end.clock_synced is False
