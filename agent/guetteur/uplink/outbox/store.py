@@ -8,7 +8,9 @@ numbers that order events at the centre: the database ``epoch`` and a sequence n
 (``cseq``). A database unreadable at start is moved aside (``outbox.db.corrupt-TIME``) and a
 fresh one — a new epoch — started.
 
-Not thread-safe by itself: the ``Outbox`` serialises every call with its lock.
+Not thread-safe by itself: the ``Outbox`` serialises every call with its lock, and its writer
+thread makes almost every commit (submits in batches, acks), never a camera's analysis thread or
+the MQTT network thread.
 """
 
 from __future__ import annotations
@@ -328,6 +330,18 @@ class OutboxStore:
             )
         self.bytes += size
         return True
+
+    def enqueue_many(self, items: Iterable[OutboundItem]) -> int:
+        """Store ``items`` in one transaction — one fsync for the lot — and in their order;
+        returns how many were queued (``enqueue`` for each). When the commit fails nothing is
+        stored and the byte count is as before, so the caller can try the same items again."""
+        before = self.bytes
+        try:
+            with self.tx():
+                return sum(1 for item in items if self.enqueue(item))
+        except BaseException:
+            self.bytes = before
+            raise
 
     def add_clip(
         self,
