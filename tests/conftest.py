@@ -11,5 +11,6 @@ pytest_plugins = [
     "tests.fixtures.signing",
     "tests.fixtures.shipped_broker",
     "tests.fixtures.postgres",
+    "tests.fixtures.browser",
     "tests.centre.harness",
 ]
