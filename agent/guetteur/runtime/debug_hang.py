@@ -4,7 +4,7 @@ partition: ``{data_dir}/debug/hang-main-loop`` holding ``{"after_s": N}``; nothi
 the provisioning or the MQTT interface creates it, so a production box never hangs on purpose.
 
 It fires once per trigger file (its inode and modification time are remembered in
-``{data_dir}/debug/.hang-done``): the restarted agent runs normally.
+``{data_dir}/.debug-hang-done``): the restarted agent runs normally.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 TRIGGER = Path("debug") / "hang-main-loop"
-DONE = Path("debug") / ".hang-done"
+DONE = Path(".debug-hang-done")  # in data_dir itself: the agent may not write debug/
 
 
 class DebugHang:
