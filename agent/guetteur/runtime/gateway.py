@@ -38,6 +38,7 @@ from guetteur.record.event_journal import EventJournal, restart_end
 from guetteur.record.writer import Recorder
 from guetteur.runtime.camera_worker import CameraWorker
 from guetteur.runtime.command_path import build_command_path
+from guetteur.runtime.debug_hang import DebugHang
 from guetteur.runtime.health import HealthSupervisor
 from guetteur.sources import open_source
 from guetteur.timeutil import clock_synchronised, iso_ms
@@ -262,8 +263,11 @@ class Gateway:
         health = health or HealthSupervisor.from_environment()
         health.ready(self.summary())
         interval = min(1.0, health.tick_interval_s)
-        next_status = time.monotonic() + status_every_s
+        started = time.monotonic()
+        next_status = started + status_every_s
+        hang = DebugHang(Path(self.config.data_dir))
         while not stop.wait(interval):
+            hang.check(time.monotonic() - started)
             # Judge first, then restart: the tick that finds a worker hung does not pet the
             # watchdog, and a restarted worker counts again only once it shows life.
             alive = {cid: w.alive() for cid, w in self.workers.items()}
