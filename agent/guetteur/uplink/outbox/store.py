@@ -69,6 +69,7 @@ CREATE TABLE IF NOT EXISTS cseq (camera TEXT PRIMARY KEY, last INTEGER NOT NULL)
 
 _T = TypeVar("_T")
 _SQLITE_FULL = 13  # "database or disk is full"
+FULL_DISK_WAIT_S = 15.0  # the recorder's urgent purge frees space within a second or two
 
 KIND_CLIP_MANIFEST = "clip_manifest"
 KIND_CLIP_CHUNK = "clip_chunk"
@@ -236,17 +237,34 @@ class OutboxStore:
 
     def _retry_when_full(self, what: str, write: Callable[[], _T]) -> _T:
         """Run ``write``; if the disk is full, release the data partition's reserve file
-        (``record/reserve.py``) and run it once more: an event is never lost to a full disk."""
-        try:
-            return write()
-        except sqlite3.Error as exc:
-            if getattr(exc, "sqlite_errorcode", None) != _SQLITE_FULL:
-                raise
-            if not reserve.release(self.dir.parent, f"the outbox ({what})"):
-                log.error("outbox: disk full and no reserve left; %s failed: %s", what, exc)
-                raise
-        self.bytes = self._count_bytes()  # the failed attempt may have counted its rows
-        return write()
+        (``record/reserve.py``) and run it again; if something else took that space first (a
+        camera's recording), retry while the recorder's retention frees more, for at most
+        ``FULL_DISK_WAIT_S``: an event is not lost to a full disk, and nothing waits forever."""
+        deadline = time.monotonic() + FULL_DISK_WAIT_S
+        delay = 0.05
+        released = False
+        while True:
+            try:
+                return write()
+            except sqlite3.Error as exc:
+                if getattr(exc, "sqlite_errorcode", None) != _SQLITE_FULL:
+                    raise
+                self.bytes = self._count_bytes()  # the failed attempt may have counted rows
+                if not released:
+                    released = True
+                    if reserve.release(self.dir.parent, f"the outbox ({what})"):
+                        continue
+                if time.monotonic() + delay > deadline:
+                    log.error(
+                        "outbox: disk full for %.0f s; %s not stored: %s",
+                        FULL_DISK_WAIT_S,
+                        what,
+                        exc,
+                    )
+                    raise
+                log.warning("outbox: disk full; %s waits for retention to free space", what)
+                time.sleep(delay)
+                delay = min(delay * 2, 1.0)
 
     # -- queries -------------------------------------------------------------------------------
 
