@@ -148,11 +148,18 @@ def cut_clip(
                     clip_start = walls[chosen[0]]
                     output.metadata["creation_time"] = iso_ms(clip_start)
                 assert clip_start is not None
-                # Place each segment on the clip's wall-clock timeline (gaps stay gaps).
+                # Place each segment on the clip's wall-clock timeline (gaps stay gaps). Its start
+                # is when its keyframe arrived, which jitters: a segment that follows the last one
+                # within GAP_TOLERANCE_S is joined one frame after it, so a join neither repeats
+                # a timestamp (two 90 kHz ticks apart become one in a coarser MP4 timescale) nor
+                # shows a one-tick frame or a small false hole.
                 offset = round((seg.start - clip_start) / tb) - first_pts
                 first_dts = pkts[chosen[0]][2]
-                if last_dts is not None and first_dts + offset <= last_dts:
-                    offset = last_dts + 1 - first_dts  # overlap by jitter: keep dts increasing
+                if last_dts is not None:
+                    frame = round(step / float(tb)) or 1
+                    joined = last_dts + frame - first_dts
+                    if offset < joined or (offset - joined) * tb < GAP_TOLERANCE_S:
+                        offset = joined
                 for i in chosen:
                     p, pts, dts = pkts[i]
                     p.pts = pts + offset

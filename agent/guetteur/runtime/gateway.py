@@ -38,6 +38,7 @@ from guetteur.record.event_journal import EventJournal, restart_end
 from guetteur.record.writer import Recorder
 from guetteur.runtime.camera_worker import CameraWorker
 from guetteur.runtime.command_path import build_command_path
+from guetteur.runtime.debug_hang import DebugHang
 from guetteur.runtime.health import HealthSupervisor
 from guetteur.sources import open_source
 from guetteur.timeutil import clock_synchronised, iso_ms
@@ -246,7 +247,9 @@ class Gateway:
         states = [w.status.state for w in self.workers.values()]
         streaming = states.count("streaming")
         link = "link up" if self.link.connected else "link down"
-        return f"{streaming}/{len(states)} cameras streaming, {link}"
+        reason = self.recorder.degraded_reason() if self.recorder is not None else None
+        degraded = f", recording degraded: {reason}" if reason else ""
+        return f"{streaming}/{len(states)} cameras streaming, {link}{degraded}"
 
     def run(
         self,
@@ -260,8 +263,11 @@ class Gateway:
         health = health or HealthSupervisor.from_environment()
         health.ready(self.summary())
         interval = min(1.0, health.tick_interval_s)
-        next_status = time.monotonic() + status_every_s
+        started = time.monotonic()
+        next_status = started + status_every_s
+        hang = DebugHang(Path(self.config.data_dir))
         while not stop.wait(interval):
+            hang.check(time.monotonic() - started)
             # Judge first, then restart: the tick that finds a worker hung does not pet the
             # watchdog, and a restarted worker counts again only once it shows life.
             alive = {cid: w.alive() for cid, w in self.workers.items()}
@@ -337,9 +343,11 @@ class Gateway:
 
     def status_message(self, state: str = "online") -> dict[str, Any]:
         disk = shutil.disk_usage(self.data_dir)
-        return messages.gateway_status(
+        recording = self.recorder.status() if self.recorder is not None else None
+        degraded = recording is not None and recording["state"] == "degraded"
+        message = messages.gateway_status(
             gateway=self.config.gateway_id,
-            state=state,
+            state="degraded" if degraded and state == "online" else state,
             site=self.config.site,
             version=__version__,
             uptime_s=time.time() - self.started_at,
@@ -347,10 +355,13 @@ class Gateway:
             cameras={cid: w.status.state for cid, w in self.workers.items()},
             disk_free_bytes=disk.free,
             disk_total_bytes=disk.total,
-            recording=self.recorder.status() if self.recorder is not None else None,
+            recording=recording,
             outbox=self.outbox.depth() if self.outbox is not None else None,
             warnings=self.warnings(),
         )
+        if degraded and recording is not None:  # the truth, not "online" with a warning
+            message["reason"] = recording["reason"]
+        return message
 
     def warnings(self) -> list[str]:
         found = list(self._warnings)
