@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,9 @@ from guetteur.centre.receiver.mqtt import Receiver
 from guetteur.config import EventsConfig, validate_config
 from guetteur.media.types import AnalyticFrame, Box
 from guetteur.record.event_journal import EventJournal, restart_end
+from guetteur.runtime.camera_worker import CameraWorker
 from guetteur.runtime.gateway import Gateway
+from guetteur.sources import open_source
 from guetteur.timeutil import parse_iso
 from guetteur.uplink import messages
 from tests.faults.field_agent import receiver_clips, receiver_rows
@@ -281,3 +284,43 @@ def test_a_real_agent_splits_endless_motion_into_parts_each_with_its_clip(
         took = parse_iso(end["end"]) - parse_iso(end["start"])
         assert 2.9 <= took < 4.0, end  # the cap (stream time; wall times to the ms)
     assert linked[0]["part"] >= 2
+
+
+@pytest.mark.slow
+def test_a_stop_while_analysis_is_inside_a_frame_never_ends_its_event_from_another_thread() -> None:
+    """``CameraWorker.stop`` used to end the running event from the stopping thread even when
+    the analysis thread was still inside a frame: one tracker on two threads. The event now stays
+    open (journalled by the runtime: the next start ends it)."""
+    config = validate_config(
+        {
+            "gateway_id": "gw-stop",
+            "mqtt": {"url": "mqtt://127.0.0.1:1"},
+            "events": {"start_frames": 1},
+            "cameras": [{"id": "street", "url": "test:walk?start=0&end=20&duration=20&gop=1"}],
+        }
+    )
+    camera = config.cameras[0]
+    inside, release = threading.Event(), threading.Event()
+    published: list[tuple[str, str]] = []
+
+    def publish(update: EventUpdate) -> None:
+        published.append((threading.current_thread().name, update.kind))
+        if update.kind == "start":  # analysis is busy with this frame until released
+            inside.set()
+            release.wait(10)
+
+    worker = CameraWorker(
+        camera,
+        open_source(camera),
+        config.events,
+        publish_event=publish,
+        publish_status=lambda _w: None,
+    )
+    worker.start()
+    try:
+        assert inside.wait(30), "no event started"
+        worker.stop(0.5)
+    finally:
+        release.set()
+    wait_for(lambda: not worker.lingering_threads(), 10, "the worker's threads to end")
+    assert published == [("analysis-street", "start")]
