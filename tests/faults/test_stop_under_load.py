@@ -48,13 +48,15 @@ def test_sigterm_with_four_cameras_and_a_backlog_exits_in_time_and_loses_no_clip
         # events ended within the post-roll: their clips are all still owed (seen in the log,
         # as a technician would)
         wait_for(lambda: agent.logged(": event end ") >= BACKLOG, 120, f"{BACKLOG} events ended")
+        wait_for(lambda: agent.events_in_progress() > 0, 30, "an event in progress")
         opened, owed = agent.journal()
         queued = agent.outbox_items()
         stopped_at = time.time()
         code, took = agent.terminate()
         assert code == 0, agent.output()
         assert took < STOP_LIMIT_S, f"stopped in {took:.1f} s\n{agent.output()}"
-        assert len(owed) >= BACKLOG and queued > len(owed)  # clips owed, and an outbox backlog
+        assert opened and len(owed) >= BACKLOG  # events in progress and clips owed
+        assert queued > len(owed)  # and an outbox backlog
         left_open, _ = agent.journal()
         assert not left_open  # every event was ended at the stop (reason stop)
 
