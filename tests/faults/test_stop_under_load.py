@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from guetteur.centre.receiver.mqtt import Receiver
+from guetteur.runtime.gateway import STOP_BUDGET_S
 from guetteur.timeutil import parse_iso
 from tests.faults.field_agent import (
     FieldAgent,
@@ -87,3 +88,16 @@ def test_sigterm_with_four_cameras_and_a_backlog_exits_in_time_and_loses_no_clip
         json.loads(m) for (m,) in receiver_rows(db, "SELECT message FROM events WHERE type = 'end'")
     ]
     assert sum(1 for end in ends if end["reason"] == "stop") >= len(opened)
+
+
+def test_the_stop_budget_fits_the_shipped_units_limit() -> None:
+    """The budget the runtime stops within stays a third of what the shipped unit gives it."""
+    unit = Path(__file__).resolve().parents[2] / "systemd" / "system" / "guetteur.service"
+    (limit,) = [
+        line.split("=", 1)[1].strip()
+        for line in unit.read_text().splitlines()
+        if line.startswith("TimeoutStopSec=")
+    ]
+    assert limit.endswith("s")
+    assert float(limit[:-1]) / 3 >= STOP_BUDGET_S
+    assert STOP_BUDGET_S < STOP_LIMIT_S
