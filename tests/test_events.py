@@ -3,17 +3,29 @@
 from __future__ import annotations
 
 import itertools
+import json
+import threading
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
+import pytest
 
 from guetteur.analytics.events import EventTracker, EventUpdate
 from guetteur.analytics.motion import MotionResult
-from guetteur.config import EventsConfig
+from guetteur.centre.receiver.mqtt import Receiver
+from guetteur.config import EventsConfig, validate_config
 from guetteur.media.types import AnalyticFrame, Box
 from guetteur.record.event_journal import EventJournal, restart_end
+from guetteur.runtime.camera_worker import CameraWorker
+from guetteur.runtime.gateway import Gateway
+from guetteur.sources import open_source
+from guetteur.timeutil import parse_iso
 from guetteur.uplink import messages
+from tests.faults.field_agent import receiver_clips, receiver_rows
+from tests.fixtures.broker import MosquittoBroker
+from tests.fixtures.waiting import wait_for
 
 FPS = 5.0
 IMAGE = np.full((180, 320, 3), 90, np.uint8)
@@ -223,3 +235,92 @@ def test_an_open_event_survives_in_the_journal_and_is_ended_for_restart(tmp_path
     assert end.part == 2 and end.previous_event_id == out[0].event_id
     assert end.start_wall == last.start_wall and end.end_wall == left.seen
     assert end.labels == last.labels and end.boxes == last.boxes and end.clock_synced is False
+
+
+@pytest.mark.slow
+def test_a_real_agent_splits_endless_motion_into_parts_each_with_its_clip(
+    broker: MosquittoBroker, tmp_path: Path
+) -> None:
+    """A walker crossing for the whole 12 s loop, a 3 s cap: the centre receives linked parts,
+    each ended with reason split and each with its own clip, while the motion goes on."""
+    config = validate_config(
+        {
+            "gateway_id": "gw-parts",
+            "data_dir": str(tmp_path / "gateway"),
+            "mqtt": {"url": broker.url},
+            "cameras": [{"id": "street", "url": "test:walk?start=0&end=12&duration=12&gop=1"}],
+            "recording": {"segment_s": 2, "max_percent": None, "min_free_bytes": 0},
+            "events": {"pre_roll_s": 0, "post_roll_s": 0.5, "max_duration_s": 3},
+        }
+    )
+    receiver = Receiver(broker.url, tmp_path / "centre", client_id="centre-parts")
+    receiver.start()
+    gateway = Gateway(config)
+    gateway.start()
+    db = tmp_path / "centre" / "receiver.db"
+
+    def ends() -> list[dict[str, Any]]:
+        return [
+            json.loads(m)
+            for (m,) in receiver_rows(db, "SELECT message FROM events WHERE type='end'")
+        ]
+
+    def parts_with_clips() -> list[dict[str, Any]]:
+        clips = receiver_clips(db)
+        return [e for e in ends() if e["reason"] == "split" and clips.get(e["event_id"])]
+
+    try:
+        wait_for(lambda: len(parts_with_clips()) >= 2, 60, "two parts, each with its clip")
+        split = parts_with_clips()
+        linked = wait_for(
+            lambda: [e for e in ends() if e["previous_event_id"] in {s["event_id"] for s in split}],
+            30,
+            "a part continuing one of them",
+        )
+    finally:
+        gateway.stop()
+        receiver.stop()
+    for end in split:
+        took = parse_iso(end["end"]) - parse_iso(end["start"])
+        assert 2.9 <= took < 4.0, end  # the cap (stream time; wall times to the ms)
+    assert linked[0]["part"] >= 2
+
+
+@pytest.mark.slow
+def test_a_stop_while_analysis_is_inside_a_frame_never_ends_its_event_from_another_thread() -> None:
+    """``CameraWorker.stop`` used to end the running event from the stopping thread even when
+    the analysis thread was still inside a frame: one tracker on two threads. The event now stays
+    open (journalled by the runtime: the next start ends it)."""
+    config = validate_config(
+        {
+            "gateway_id": "gw-stop",
+            "mqtt": {"url": "mqtt://127.0.0.1:1"},
+            "events": {"start_frames": 1},
+            "cameras": [{"id": "street", "url": "test:walk?start=0&end=20&duration=20&gop=1"}],
+        }
+    )
+    camera = config.cameras[0]
+    inside, release = threading.Event(), threading.Event()
+    published: list[tuple[str, str]] = []
+
+    def publish(update: EventUpdate) -> None:
+        published.append((threading.current_thread().name, update.kind))
+        if update.kind == "start":  # analysis is busy with this frame until released
+            inside.set()
+            release.wait(10)
+
+    worker = CameraWorker(
+        camera,
+        open_source(camera),
+        config.events,
+        publish_event=publish,
+        publish_status=lambda _w: None,
+    )
+    worker.start()
+    try:
+        assert inside.wait(30), "no event started"
+        worker.stop(0.5)
+    finally:
+        release.set()
+    wait_for(lambda: not worker.lingering_threads(), 10, "the worker's threads to end")
+    assert published == [("analysis-street", "start")]

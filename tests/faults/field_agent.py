@@ -15,9 +15,16 @@ from typing import IO, Any
 
 import yaml
 
-# A person crossing for 3 s in every 6 s loop, so every camera has an event in progress or one
-# whose clip waits for its post-roll at any moment. 1 s GOPs keep clips and segments short.
-CAMERA_URL = "test:walk?start=1&end=4&duration=6&gop=1&width=320&height=180&fps=10"
+
+def camera_url(n: int, size: tuple[int, int] = (320, 180), fps: int = 10) -> str:
+    """A person crossing for 2.5 s in every 6 s loop, each camera 0.7 s after the one before,
+    so that at most moments some event is in progress and some clip waits for its post-roll.
+    1 s GOPs keep clips and segments short."""
+    start = 0.5 + 0.7 * (n % 4)
+    return (
+        f"test:walk?start={start:.1f}&end={start + 2.5:.1f}&duration=6&gop=1"
+        f"&width={size[0]}&height={size[1]}&fps={fps}"
+    )
 
 
 def write_config(
@@ -29,6 +36,8 @@ def write_config(
     gateway: str = "gw-field",
     post_roll_s: float = 5.0,
     events: dict[str, Any] | None = None,
+    size: tuple[int, int] = (320, 180),
+    fps: int = 10,
 ) -> Path:
     """The agent's YAML: ``cameras`` generated cameras, 2 s segments, the given post-roll (a long
     one keeps clip jobs waiting: a backlog)."""
@@ -38,7 +47,9 @@ def write_config(
                 "gateway_id": gateway,
                 "data_dir": str(data_dir),
                 "mqtt": {"url": broker_url, "reconnect_max_s": 1.0},
-                "cameras": [{"id": f"cam{i}", "url": CAMERA_URL} for i in range(cameras)],
+                "cameras": [
+                    {"id": f"cam{i}", "url": camera_url(i, size, fps)} for i in range(cameras)
+                ],
                 "recording": {"segment_s": 2, "max_percent": None, "min_free_bytes": 0},
                 "events": {
                     "pre_roll_s": 1,
@@ -114,6 +125,10 @@ class FieldAgent:
 
     def output(self) -> str:
         return self.log_path.read_text(errors="replace")[-6000:]
+
+    def events_in_progress(self) -> int:
+        """Events started and not yet ended, as its log says (a technician's view)."""
+        return self.logged(": event start ") - self.logged(": event end ")
 
     def logged(self, text: str) -> int:
         """Lines of its log (every run so far) that contain ``text``."""

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from guetteur.centre.receiver.mqtt import Receiver
+from guetteur.runtime.gateway import STOP_BUDGET_S
 from guetteur.timeutil import parse_iso
 from tests.faults.field_agent import (
     FieldAgent,
@@ -48,13 +49,15 @@ def test_sigterm_with_four_cameras_and_a_backlog_exits_in_time_and_loses_no_clip
         # events ended within the post-roll: their clips are all still owed (seen in the log,
         # as a technician would)
         wait_for(lambda: agent.logged(": event end ") >= BACKLOG, 120, f"{BACKLOG} events ended")
+        wait_for(lambda: agent.events_in_progress() > 0, 30, "an event in progress")
         opened, owed = agent.journal()
         queued = agent.outbox_items()
         stopped_at = time.time()
         code, took = agent.terminate()
         assert code == 0, agent.output()
         assert took < STOP_LIMIT_S, f"stopped in {took:.1f} s\n{agent.output()}"
-        assert len(owed) >= BACKLOG and queued > len(owed)  # clips owed, and an outbox backlog
+        assert opened and len(owed) >= BACKLOG  # events in progress and clips owed
+        assert queued > len(owed)  # and an outbox backlog
         left_open, _ = agent.journal()
         assert not left_open  # every event was ended at the stop (reason stop)
 
@@ -85,3 +88,16 @@ def test_sigterm_with_four_cameras_and_a_backlog_exits_in_time_and_loses_no_clip
         json.loads(m) for (m,) in receiver_rows(db, "SELECT message FROM events WHERE type = 'end'")
     ]
     assert sum(1 for end in ends if end["reason"] == "stop") >= len(opened)
+
+
+def test_the_stop_budget_fits_the_shipped_units_limit() -> None:
+    """The budget the runtime stops within stays a third of what the shipped unit gives it."""
+    unit = Path(__file__).resolve().parents[2] / "systemd" / "system" / "guetteur.service"
+    (limit,) = [
+        line.split("=", 1)[1].strip()
+        for line in unit.read_text().splitlines()
+        if line.startswith("TimeoutStopSec=")
+    ]
+    assert limit.endswith("s")
+    assert float(limit[:-1]) / 3 >= STOP_BUDGET_S
+    assert STOP_BUDGET_S < STOP_LIMIT_S

@@ -207,6 +207,17 @@ class CameraWorker:
         for t in (self._source_thread, self._analysis_thread):
             if t is not None:
                 t.join(max(0.0, deadline - time.monotonic()))
+        analysis = self._analysis_thread
+        if analysis is not None and analysis.is_alive():
+            # Still inside a frame: ending its event from here would run the tracker on two
+            # threads. The event stays open (and journalled): the next run carries it on, or
+            # the next start of the agent ends it (reason "restart").
+            log.warning(
+                "camera %s: analysis still busy at the stop; its event in progress is not ended "
+                "now (ended by the next start if the agent stops)",
+                self.camera.id,
+            )
+            return
         for update in self.analytics.flush():
             self.publish_event(update)
 

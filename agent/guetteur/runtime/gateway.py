@@ -51,7 +51,7 @@ from guetteur.uplink.publish import OutboundItem, Priority, Publisher
 
 log = logging.getLogger(__name__)
 
-# systemd's TimeoutStopSec is 30 s (systemd/guetteur.service); the agent aims to be gone in a
+# systemd's TimeoutStopSec is 30 s (systemd/system/guetteur.service); the agent aims to be gone in a
 # third of it, so a slow SD card or a loaded CPU still leaves a margin before SIGKILL.
 STOP_BUDGET_S = 8.0
 # Kept, out of the stop budget, for the outbox's last commits and the farewell on the link.
