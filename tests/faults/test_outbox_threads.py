@@ -131,7 +131,7 @@ def test_a_stalled_outbox_disk_stalls_neither_analysis_nor_the_link(
         # analysis went on: frames analysed all along the stall (at most one SUBMIT_WAIT_S hold)
         changes = [b[0] for a, b in itertools.pairwise(samples) if a[1] != b[1]]
         gaps = [b - a for a, b in itertools.pairwise([stall_started, *changes, samples[-1][0]])]
-        assert max(gaps) < 2.5, f"analysis stood still for {max(gaps):.1f} s of the stall"
+        assert max(gaps) < 4.0, f"analysis stood still for {max(gaps):.1f} s of the stall"
 
         # nothing lost: every event the camera made is in the outbox, once, in camera order
         made = sum(1 for r in caplog.records if r.getMessage().startswith("camera street: event"))

@@ -1,5 +1,6 @@
-"""The bounded hand-off between the threads that submit (camera analysis, audit, clips) and the
-outbox's writer thread, which commits what they submit in batches.
+"""The bounded hand-off between the threads that submit (camera analysis, audit, commands) and
+the outbox's writer thread, which commits what they submit in batches; and that thread's loop,
+which keeps trying while the database refuses.
 
 A ``synchronous=FULL`` commit waits for the SD card's fsync; on a worn card that can take seconds.
 Submitters therefore never commit: they append here and wait for their item's commit for at most
@@ -19,11 +20,16 @@ import logging
 import threading
 import time
 from collections import Counter, deque
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from guetteur.uplink.publish import OutboundItem
 
 log = logging.getLogger(__name__)
+
+IDLE_WAKE_S = 0.5  # the writer looks for work at least this often
+RETRY_S = 1.0  # after a failed commit
+FAILING_LOG_EVERY_S = 60.0  # a database that keeps refusing is logged once a minute
 
 
 class HandoffClosed(RuntimeError):
@@ -145,6 +151,46 @@ class CommitQueue:
             f"outbox: database commits stalled for {time.monotonic() - since:.0f} s (slow or "
             f"failing SD card?); {len(self)} item(s) wait in memory and are lost if power fails now"
         ]
+
+    def run_writer(self, write: Callable[[], None], stop: threading.Event, where: str) -> None:
+        """The writer thread's loop: ``write()`` (commit what waits) whenever there is work,
+        until ``stop`` (then one last ``write``). A failing ``write`` (disk full, I/O error) is
+        tried again every ``RETRY_S``; nothing waiting is dropped meanwhile."""
+        failing_since: float | None = None
+        last_said = float("-inf")
+        while True:
+            self.work.wait(IDLE_WAKE_S)
+            self.work.clear()  # before looking: what arrives from now on wakes us again
+            stopping = stop.is_set()
+            try:
+                write()
+            except Exception as exc:
+                now = time.monotonic()
+                failing_since = failing_since or now
+                if now - last_said >= FAILING_LOG_EVERY_S:
+                    last_said = now
+                    log.error(
+                        "outbox: cannot commit to %s for %.0f s (%s); %d submitted item(s) wait "
+                        "in memory (lost if power fails now); retrying every %.0f s",
+                        where,
+                        now - failing_since,
+                        exc,
+                        len(self),
+                        RETRY_S,
+                    )
+                if stop.wait(RETRY_S):
+                    return
+                self.work.set()
+                continue
+            if failing_since is not None:
+                log.warning(
+                    "outbox: commits to %s work again after %.0f s",
+                    where,
+                    time.monotonic() - failing_since,
+                )
+                failing_since, last_said = None, float("-inf")
+            if stopping:
+                return
 
     def close(self) -> None:
         with self._cv:

@@ -265,28 +265,11 @@ class Outbox:
     # -- the writer thread: every commit of submits and acks -----------------------------------
 
     def _write_loop(self) -> None:
-        while True:
-            self._submits.work.wait(DISCONNECTED_WAIT_S)
-            self._submits.work.clear()  # before looking: what arrives from now on wakes us again
-            stopping = self._writer_stop.is_set()
-            try:
-                self._commit_submits()
-                self._take_acks()
-            except Exception as exc:  # the database refuses (disk full, I/O error): keep trying
-                log.error(
-                    "outbox: cannot commit to %s (%s); %d submitted item(s) wait in memory, "
-                    "retrying in %.0f s",
-                    self._store.db_path,
-                    exc,
-                    len(self._submits),
-                    ERROR_WAIT_S,
-                )
-                if self._writer_stop.wait(ERROR_WAIT_S):
-                    return
-                self._submits.work.set()
-                continue
-            if stopping:
-                return
+        self._submits.run_writer(self._write, self._writer_stop, str(self._store.db_path))
+
+    def _write(self) -> None:
+        self._commit_submits()
+        self._take_acks()
 
     def _commit_submits(self) -> None:
         while (batch := self._submits.take(WRITE_BATCH)) is not None:
