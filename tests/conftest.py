@@ -12,5 +12,6 @@ pytest_plugins = [
     "tests.fixtures.shipped_broker",
     "tests.fixtures.postgres",
     "tests.fixtures.netns",
+    "tests.fixtures.browser",
     "tests.centre.harness",
 ]

@@ -15,7 +15,9 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from guetteur.config import load_config
 from guetteur.ops import provision as prov
-from tests.helpers_pki import make_ca
+from guetteur.ops.provision_report import REPORT_FILE
+from tests.fixtures.broker import MosquittoBroker, free_port
+from tests.helpers_pki import Issued, make_ca, make_server_cert
 
 TOKEN = "enrol-7f3a9c1e-secret"
 
@@ -55,11 +57,12 @@ def write(boot: Path, data: object) -> None:
     (boot / prov.PROVISION_FILE).write_text(yaml.safe_dump(data, allow_unicode=True))
 
 
-def run_cli(boot: Path, etc: Path, state: Path) -> int:
+def run_cli(boot: Path, etc: Path, state: Path, broker_check: bool = False) -> int:
     parser = argparse.ArgumentParser()
     prov.add_arguments(parser)
     args = parser.parse_args(
-        [
+        ([] if broker_check else ["--no-broker-check"])
+        + [
             "--boot",
             str(boot),
             "--etc",
@@ -74,6 +77,11 @@ def run_cli(boot: Path, etc: Path, state: Path) -> int:
         ]
     )
     return prov.run(args)
+
+
+def report(boot: Path) -> str:
+    """The report left on the boot partition, as a technician's editor shows it."""
+    return (boot / REPORT_FILE).read_bytes().decode("utf-8-sig").replace("\r\n", "\n")
 
 
 def snapshot(*dirs: Path) -> dict[str, bytes]:
@@ -197,6 +205,10 @@ def test_bad_input_is_refused_and_nothing_is_changed(
     out = capsys.readouterr().out
     assert expected in out, out
     assert "nothing was changed" in out
+    # the one file added: the report, on the boot partition, where the technician looks
+    text = report(boot)
+    assert "RÉSULTAT : REFUSÉ" in text and "RESULT: REFUSED" in text and expected in text
+    (boot / REPORT_FILE).unlink()
     assert snapshot(boot, etc, state) == before
     assert not etc.exists() and not state.exists()
 
@@ -350,3 +362,65 @@ def test_centre_keys_are_provisioned_and_trusted(layout: tuple[Path, Path, Path]
         good_file(centre_keys=["-----BEGIN PUBLIC KEY-----\nnot a key\n-----END PUBLIC KEY-----"]),
     )
     assert run_cli(boot, etc, state) == 2
+
+
+def tls_broker(directory: Path, ca: Issued) -> MosquittoBroker:
+    """A Mosquitto whose TLS listener presents a certificate signed by ``ca``."""
+    directory.mkdir()
+    cert, key = make_server_cert(ca).write(directory, "server")
+    port = free_port()
+    conf = f"listener {port} 127.0.0.1\nallow_anonymous true\ncertfile {cert}\nkeyfile {key}\n"
+    broker = MosquittoBroker(directory, port=port, extra_conf=conf, listen=False)
+    broker.start()
+    return broker
+
+
+def test_a_wrong_broker_certificate_is_refused_with_a_report_then_the_fixed_file_applies(
+    layout: tuple[Path, Path, Path], tmp_path: Path
+) -> None:
+    boot, etc, state = layout
+    centre_ca, other_ca = make_ca("Centre CA"), make_ca("Some other CA")
+    broker = tls_broker(tmp_path / "broker", centre_ca)
+    try:
+        (boot / "wrong-ca.pem").write_bytes(other_ca.cert_pem)
+        (boot / "centre-ca.pem").write_bytes(centre_ca.cert_pem)
+        url = f"mqtts://127.0.0.1:{broker.port}"
+        write(boot, good_file(broker_url=url, ca_certificate="wrong-ca.pem"))
+        assert run_cli(boot, etc, state, broker_check=True) == 2
+        text = report(boot)
+        assert "RÉSULTAT : REFUSÉ" in text and "provision.broker_certificate" in text
+        assert f"the broker 127.0.0.1:{broker.port} presented a certificate this CA" in text
+        assert (boot / prov.PROVISION_FILE).exists() and not etc.exists()
+        # the technician fixes the file and the box tries again at its next boot
+        write(boot, good_file(broker_url=url, ca_certificate="centre-ca.pem"))
+        assert run_cli(boot, etc, state, broker_check=True) == 0
+        text = report(boot)
+        assert "RESULT: APPLIED. Gateway gw-rivoli-03, 2 camera(s)." in text
+        assert "its certificate verified by the CA" in text
+        assert not (boot / prov.PROVISION_FILE).exists()
+        assert load_config(etc / "guetteur.yaml").gateway_id == "gw-rivoli-03"
+    finally:
+        broker.stop()
+
+
+def test_an_unreachable_broker_is_reported_but_applied(layout: tuple[Path, Path, Path]) -> None:
+    boot, etc, state = layout
+    write(boot, good_file(broker_url=f"mqtts://127.0.0.1:{free_port()}"))
+    assert run_cli(boot, etc, state, broker_check=True) == 0
+    text = report(boot)
+    assert "RESULT: APPLIED" in text and "unreachable now" in text
+    assert "The gateway keeps retrying" in text
+    assert (etc / "guetteur.yaml").exists()
+
+
+def test_camera_ptz_settings_reach_the_agent_config(layout: tuple[Path, Path, Path]) -> None:
+    boot, etc, state = layout
+    ptz = {"protocol": "pelco-d", "serial_port": "/dev/ttyS1", "address": 3}
+    cams = [{"id": "dome", "url": "rtsp://127.0.0.1:8554/dome", "ptz": ptz}]
+    write(boot, good_file(cameras=cams))
+    assert run_cli(boot, etc, state) == 0
+    cam = load_config(etc / "guetteur.yaml").cameras[0]
+    assert cam.ptz is not None and cam.ptz.serial_port == "/dev/ttyS1" and cam.ptz.address == 3
+    write(boot, good_file(cameras=[{**cams[0], "ptz": {"protocol": "smoke-signals"}}]))
+    assert run_cli(boot, etc, state) == 2
+    assert "cameras[0].ptz.protocol" in report(boot)

@@ -808,48 +808,31 @@ def tree_bytes(tree: Path) -> int:
     return sum(p.lstat().st_size for p in tree.rglob("*") if p.is_file() and not p.is_symlink())
 
 
-def verify_card_image(root: Path, rootfs: Path, work: Path) -> tuple[list[str], str]:
-    """Builds a miniature card with genimage from the layout's template, rendered by the layout's
-    own preimage hook from the staged tree, and checks what the box will boot from: partition
-    table, file system labels, /etc/fstab and the kernel command line the set-up script wrote,
-    an empty data partition, and the first-boot growth of the data partition (partition table
-    and ext4). Returns (problems, summary)."""
-    missing = sorted({pkg for tool, pkg in CARD_TOOLS.items() if shutil.which(tool) is None})
-    if missing:
-        return [], f"card image SKIPPED (install the Debian packages {' '.join(missing)})"
-    expect, problems = layout_expectations(root)
-    if problems:
-        return problems, ""
-    card = work / "card"
-    shutil.rmtree(card, ignore_errors=True)
-    tree, gin, gout = card / "root", card / "in", card / "out"
-    shutil.copytree(rootfs, tree, symlinks=True)
-    gin.mkdir()
-    gout.mkdir()
-    # What the device layer puts on the boot partition, reduced to what the layout edits.
-    (tree / "boot/firmware").mkdir(parents=True, exist_ok=True)
-    (tree / "boot/firmware/cmdline.txt").write_text(
-        "console=serial0,115200 root=/dev/mmcblk0p2 rootfstype=ext4 fsck.repair=yes rootwait\n"
-    )
-    (tree / "boot/firmware/config.txt").write_text("arm_64bit=1\n")
-    # genimage rounds partitions up to the template's 4 MiB alignment: sizes here are multiples.
-    root_mib = (tree_bytes(tree) * 3 // 2 // MIB + 24 + 3) // 4 * 4
-    sizes = {"boot": 64, "root": root_mib, "data": 16}
+def make_card(
+    tree: Path, card: Path, name: str, sizes: dict[str, int], signature: str, readonly: str
+) -> Path:
+    """A card image from a finished root tree (with /boot/firmware/cmdline.txt) by the layout's
+    own preimage hook and genimage template (its set-up script writes fstab and the kernel
+    command line): the one way both the miniature card of `verify` and the VM image are made.
+    ``sizes`` in MiB, multiples of 4. Returns card/out/<name>.img; raises StepError."""
+    gin, gout = card / "in", card / "out"
+    gin.mkdir(parents=True)
+    gout.mkdir(parents=True)
     env = dict(
         os.environ,
         LAYER_DIR=str(LAYOUT),
-        IGconf_image_name="guetteur-verify",
+        IGconf_image_name=name,
         IGconf_image_suffix="img",
         IGconf_image_boot_part_size=f"{sizes['boot']}M",
         IGconf_image_root_part_size=f"{sizes['root']}M",
         IGconf_image_data_part_size=f"{sizes['data']}M",
-        IGconf_image_disksig=SAMPLE_SIGNATURE,
-        IGconf_guetteur_readonly_root="y",
+        IGconf_image_disksig=signature,
+        IGconf_guetteur_readonly_root=readonly,
     )
     hook = next((LAYOUT / f"{LAYOUT_LAYER.stem}.d" / "hooks").glob("preimage*"))
     proc = _run([str(hook), str(tree), str(gin)], env)
     if proc.returncode != 0:
-        return [f"{hook.name} failed: {(proc.stderr or proc.stdout).strip()[-500:]}"], ""
+        raise StepError(f"{hook.name} failed: {(proc.stderr or proc.stdout).strip()[-500:]}")
     proc = _run(
         [
             "genimage",
@@ -866,10 +849,43 @@ def verify_card_image(root: Path, rootfs: Path, work: Path) -> tuple[list[str], 
         ],
         env,
     )
-    disk = gout / "guetteur-verify.img"
+    disk = gout / f"{name}.img"
     if proc.returncode != 0 or not disk.is_file():
         errors = [ln for ln in proc.stderr.splitlines() if not ln.startswith("INFO:")]
-        return [f"genimage failed on the rendered template: {' / '.join(errors[-6:])}"], ""
+        raise StepError(f"genimage failed on the rendered template: {' / '.join(errors[-6:])}")
+    return disk
+
+
+def verify_card_image(root: Path, rootfs: Path, work: Path) -> tuple[list[str], str]:
+    """Builds a miniature card with genimage from the layout's template, rendered by the layout's
+    own preimage hook from the staged tree, and checks what the box will boot from: partition
+    table, file system labels, /etc/fstab and the kernel command line the set-up script wrote,
+    an empty data partition, and the first-boot growth of the data partition (partition table
+    and ext4). Returns (problems, summary)."""
+    missing = sorted({pkg for tool, pkg in CARD_TOOLS.items() if shutil.which(tool) is None})
+    if missing:
+        return [], f"card image SKIPPED (install the Debian packages {' '.join(missing)})"
+    expect, problems = layout_expectations(root)
+    if problems:
+        return problems, ""
+    card = work / "card"
+    shutil.rmtree(card, ignore_errors=True)
+    tree = card / "root"
+    shutil.copytree(rootfs, tree, symlinks=True)
+    # What the device layer puts on the boot partition, reduced to what the layout edits.
+    (tree / "boot/firmware").mkdir(parents=True, exist_ok=True)
+    (tree / "boot/firmware/cmdline.txt").write_text(
+        "console=serial0,115200 root=/dev/mmcblk0p2 rootfstype=ext4 fsck.repair=yes rootwait\n"
+    )
+    (tree / "boot/firmware/config.txt").write_text("arm_64bit=1\n")
+    # genimage rounds partitions up to the template's 4 MiB alignment: sizes here are multiples.
+    root_mib = (tree_bytes(tree) * 3 // 2 // MIB + 24 + 3) // 4 * 4
+    sizes = {"boot": 64, "root": root_mib, "data": 16}
+    try:
+        disk = make_card(tree, card, "guetteur-verify", sizes, SAMPLE_SIGNATURE, "y")
+    except StepError as exc:
+        return [str(exc)], ""
+    gout = disk.parent
 
     signature, parts = mbr_partitions(disk)
     sig = int(SAMPLE_SIGNATURE, 16)
@@ -1071,7 +1087,15 @@ def cmd_stage(root: Path, out: Path, update_pubkey: Path | None) -> Path:
         json.dumps({"version": manifest["version"], "factory": True}) + "\n"
     )
     # first-boot state: what tmpfiles.d creates (L /opt/guetteur/current → the factory release)
-    for d in ("etc/guetteur", "var/lib/guetteur", "opt/guetteur/releases", "data", "boot/firmware"):
+    # mount points of the data partition's bind mounts must exist on the read-only root
+    for d in (
+        "etc/guetteur",
+        "var/lib/guetteur",
+        "var/lib/systemd/timesync",
+        "opt/guetteur/releases",
+        "data",
+        "boot/firmware",
+    ):
         (rootfs / d).mkdir(parents=True, exist_ok=True)
     (rootfs / "opt/guetteur/current").symlink_to("/usr/lib/guetteur/factory")
     print(f"staged rootfs tree in {rootfs}")

@@ -54,6 +54,13 @@ from guetteur.ops.provision_file import DiscoverCredentials as DiscoverCredentia
 from guetteur.ops.provision_file import ProvisionError as ProvisionError
 from guetteur.ops.provision_file import ProvisionFile as ProvisionFile
 from guetteur.ops.provision_file import parse_provision_text as parse_provision_text
+from guetteur.ops.provision_report import (
+    REPORT_FILE,
+    BrokerProbe,
+    probe_broker,
+    report_applied,
+    report_refused,
+)
 from guetteur.timeutil import iso_ms
 
 log = logging.getLogger(__name__)
@@ -199,6 +206,8 @@ def plan_provisioning(
                 entry["username"] = cam.username
             if cam.password is not None:
                 entry["password"] = cam.password.get_secret_value()
+            if cam.ptz is not None:
+                entry["ptz"] = cam.ptz
             cameras.append(entry)
     for entry in cameras:  # clear-text passwords go to the 0600 secrets file, never the config
         if isinstance(entry.get("password"), str):
@@ -340,6 +349,10 @@ class ProvisionResult:
     csr_path: Path
     cameras: int
     key_reused: bool
+    broker: BrokerProbe | None = None
+
+
+ProbeFn = Callable[[str, bytes | None], BrokerProbe]
 
 
 def apply_plan(
@@ -416,13 +429,23 @@ def provision(
     owner: str | None = None,
     data_dir: str | None = None,
     discover_cameras: DiscoverFn | None = None,
+    probe: ProbeFn | None = None,
 ) -> ProvisionResult:
-    """Validate everything, then apply. Raises ProvisionError with nothing changed."""
+    """Validate everything (with ``probe``: the broker's certificate against the file's CA),
+    then apply. Raises ProvisionError with nothing changed."""
     owner_ids = resolve_owner(owner)
     if data_dir is None:
         data_dir = _board_data_dir(boot_dir)
     plan = plan_provisioning(boot_dir, etc_dir, data_dir, discover_cameras)
-    return apply_plan(plan, boot_dir, etc_dir, state_dir, owner_ids)
+    seen = None
+    if probe is not None:
+        seen = probe(plan.source.broker_url, plan.files.get(CA_FILE, (None, 0))[0])
+        if seen.verdict == "certificate":
+            raise ProvisionError("provision.broker_certificate", [seen.sentence])
+        log.log(logging.WARNING if seen.verdict == "unreachable" else logging.INFO, seen.sentence)
+    result = apply_plan(plan, boot_dir, etc_dir, state_dir, owner_ids)
+    result.broker = seen
+    return result
 
 
 def _board_data_dir(boot_dir: Path) -> str:
@@ -478,6 +501,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="data_dir written into the config (default: from the board profile)",
     )
     parser.add_argument(
+        "--no-broker-check",
+        action="store_true",
+        help="do not connect to the broker to check its certificate against the CA",
+    )
+    parser.add_argument(
         "--no-discover",
         action="store_true",
         help="refuse cameras: discover instead of probing the LAN",
@@ -497,11 +525,15 @@ def run(args: argparse.Namespace) -> int:
             owner=args.owner or None,
             data_dir=args.data_dir,
             discover_cameras=None if args.no_discover else _discover_for_provisioning,
+            probe=None if args.no_broker_check else probe_broker,
         )
     except ProvisionError as exc:
         print(exc.report())
         log.error("provisioning refused: %s", exc)
+        _report_on_boot(boot, report_refused(exc.code, exc.problems))
         return 2
+    probe = result.broker or BrokerProbe("not_checked", "broker not checked (--no-broker-check)")
+    _report_on_boot(boot, report_applied(result.gateway_id, result.cameras, probe))
     print(
         f"provisioned gateway {result.gateway_id}: config {result.config_path}, "
         f"{result.cameras} camera(s), device key {result.key_path} "
@@ -509,3 +541,11 @@ def run(args: argparse.Namespace) -> int:
     )
     print("next: `guetteur doctor` checks cameras, broker, clock and disk")
     return 0
+
+
+def _report_on_boot(boot: Path, text: str) -> None:
+    """The report where the technician looks: the boot partition (the journal has it too)."""
+    try:
+        _write_atomic(boot / REPORT_FILE, text.encode("utf-8-sig"), 0o644, None)
+    except OSError as exc:
+        log.error("cannot write %s on %s (%s): see this journal", REPORT_FILE, boot, exc.strerror)

@@ -4,6 +4,7 @@ parsed and validated, and the error that lists every problem at once. What is do
 
 from __future__ import annotations
 
+from typing import Any
 from urllib.parse import urlsplit
 
 import yaml
@@ -43,6 +44,11 @@ class ProvisionCamera(_Model):
     sub_url: str | None = Field(None, description="Sub-stream URL")
     username: str | None = Field(None, description="Stream user")
     password: SecretStr | None = Field(None, description="Stream password")
+    ptz: dict[str, Any] | None = Field(
+        None,
+        description="PTZ settings, as cameras[].ptz in the agent config (docs/config-reference.md), "
+        "e.g. {protocol: pelco-d, serial_port: /dev/ttyS1, address: 1}",
+    )
 
 
 class DiscoverCredentials(_Model):

@@ -22,7 +22,9 @@ from guetteur.record.index import SegmentIndex, segment_name
 
 TS_TIME_BASE = Fraction(1, 90000)
 # PAT/PMT once per segment is enough for files; the defaults (10/s) waste ~1 % of the bytes.
-_TS_OPTIONS = {"pat_period": "5", "sdt_period": "30"}
+# flush_packets: every muxed packet leaves FFmpeg's I/O buffer for our file object at once, so
+# what ``checkpoint`` flushes is the whole stream up to that packet.
+_TS_OPTIONS = {"pat_period": "5", "sdt_period": "30", "flush_packets": "1"}
 
 
 @dataclass
@@ -43,6 +45,8 @@ class OpenSegment:
     last_pts_end: int
     last_wall: float
     packets: int = 0
+    synced_mono: float = 0.0  # monotonic time of the last fdatasync (0: never)
+    flushed_mono: float = 0.0  # monotonic time of the last flush to the kernel
 
     @classmethod
     def create(
@@ -85,6 +89,21 @@ class OpenSegment:
             last_pts_end=pkt.pts,
             last_wall=pkt.wallclock,
         )
+
+    def checkpoint(self, now_mono: float, sync_interval_s: float) -> None:
+        """Hand what is buffered to the kernel, and to the disk (fdatasync) when the last sync
+        is ``sync_interval_s`` old. The recorder calls it before each keyframe and at least every
+        ``sync_interval_s``: a kill -9 then leaves the file whole up to the last complete GOP
+        (or second), a power cut up to the last sync; recovery cuts off the torn rest."""
+        self.file.flush()
+        self.flushed_mono = now_mono
+        if sync_interval_s > 0 and now_mono - self.synced_mono >= sync_interval_s:
+            os.fdatasync(self.file.fileno())
+            if not self.synced_mono:  # the file's name must survive a power cut too
+                _fsync_dir(self.path.parent)
+                if self.new_dir:
+                    _fsync_dir(self.path.parent.parent)
+            self.synced_mono = now_mono
 
     def write(self, pkt: EncodedPacket, data: bytes) -> None:
         """Mux ``data`` (``pkt`` as Annex B) with ``pkt``'s timing."""

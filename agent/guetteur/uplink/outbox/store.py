@@ -15,7 +15,6 @@ the MQTT network thread.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import shutil
@@ -27,8 +26,9 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
+from guetteur.record import reserve
 from guetteur.uplink import protocol
 from guetteur.uplink.outbox import policy
 from guetteur.uplink.publish import ClipFile, OutboundItem, Priority
@@ -67,6 +67,9 @@ CREATE TABLE IF NOT EXISTS clips (
 );
 CREATE TABLE IF NOT EXISTS cseq (camera TEXT PRIMARY KEY, last INTEGER NOT NULL);
 """
+
+_T = TypeVar("_T")
+_SQLITE_FULL = 13  # "database or disk is full"
 
 KIND_CLIP_MANIFEST = "clip_manifest"
 KIND_CLIP_CHUNK = "clip_chunk"
@@ -233,11 +236,29 @@ class OutboxStore:
             yield
             self._db.execute("COMMIT")
         except BaseException:
-            # after a failed COMMIT, SQLite may have rolled back already
-            with contextlib.suppress(sqlite3.OperationalError):
-                self._db.execute("ROLLBACK")
+            self._rollback()
             self._recount()  # the counts followed changes that were not kept
             raise
+
+    def _rollback(self) -> None:
+        # On a full disk SQLite may have rolled back already: a second ROLLBACK would hide the
+        # real error behind "no transaction is active".
+        if self._db.in_transaction:
+            self._db.execute("ROLLBACK")
+
+    def _retry_when_full(self, what: str, write: Callable[[], _T]) -> _T:
+        """Run ``write``; if the disk is full, release the data partition's reserve file
+        (``record/reserve.py``) and run it once more: an event is never lost to a full disk."""
+        try:
+            return write()
+        except sqlite3.Error as exc:
+            if getattr(exc, "sqlite_errorcode", None) != _SQLITE_FULL:
+                raise
+            if not reserve.release(self.dir.parent, f"the outbox ({what})"):
+                log.error("outbox: disk full and no reserve left; %s failed: %s", what, exc)
+                raise
+        self._recount()  # the failed attempt may have counted its rows
+        return write()
 
     # -- queries -------------------------------------------------------------------------------
 
@@ -293,6 +314,9 @@ class OutboxStore:
     def enqueue(self, item: OutboundItem) -> bool:
         """Store ``item`` durably (committed when this returns). False when it is not queued:
         already there (enqueue is idempotent by id), or a snapshot the size cap refuses."""
+        return self._retry_when_full(f"{item.kind} {item.item_id}", lambda: self._enqueue(item))
+
+    def _enqueue(self, item: OutboundItem) -> bool:
         if self.has_item(item.item_id):
             return False
         size = len(item.payload)
@@ -317,12 +341,16 @@ class OutboxStore:
         self.bytes += size
         return True
 
-    def enqueue_many(self, items: Iterable[OutboundItem]) -> int:
+    def enqueue_many(self, items: list[OutboundItem]) -> int:
         """Store ``items`` in one transaction — one fsync for the lot — and in their order;
         returns how many were queued (``enqueue`` for each). When the commit fails nothing is
-        stored and the byte count is as before, so the caller can try the same items again."""
-        with self.tx():  # a failed commit recounts: the caller may try the same items again
-            return sum(1 for item in items if self.enqueue(item))
+        stored and the counts are as before, so the caller can try the same items again."""
+
+        def write() -> int:
+            with self.tx():
+                return sum(1 for item in items if self._enqueue(item))
+
+        return self._retry_when_full(f"{len(items)} items", write)
 
     def add_clip(
         self,
@@ -464,8 +492,12 @@ class OutboxStore:
     def remove_acked(self, ids: Iterable[str]) -> int:
         """Delete acknowledged items; an acknowledged manifest means the centre has the whole
         clip, verified: the clip and its file go too. Returns how many of ``ids`` were queued."""
+        wanted = set(ids)
+        return self._retry_when_full("acknowledgement", lambda: self._remove_acked(wanted))
+
+    def _remove_acked(self, ids: set[str]) -> int:
         with self.tx():
-            found = self.delete_items(set(ids))
+            found = self.delete_items(ids)
             for _item_id, kind, clip_id in found:
                 if kind == KIND_CLIP_MANIFEST and clip_id:
                     self._finish_clip(clip_id)

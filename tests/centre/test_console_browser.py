@@ -1,0 +1,281 @@
+"""The operators' console in a real browser (Debian's headless Chromium through Selenium),
+against a real centre server, a real Mosquitto and a real gateway (the agent, two generated
+cameras, a Pelco-D dome on a socat pty). What an operator, an auditor and a viewer see and do,
+checked in the page and on the peers: events with their snapshot, a live wall that really
+plays (pixels drawn from the video element), a PTZ pad whose press and release reach the
+serial line, the register naming the operator. The screenshots in docs/console/ come from here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from guetteur.uplink import protocol
+from guetteur.uplink.mqttutil import new_client
+from tests.centre.harness import PASSWORD, Centre
+from tests.centre.test_operations import STOP, PelcoReader
+from tests.centre.test_operations import dome as dome
+from tests.fixtures.broker import MosquittoBroker
+from tests.fixtures.browser import wait_js
+from tests.fixtures.serial import PtyPair
+from tests.fixtures.waiting import wait_for
+
+SHOTS = Path(__file__).resolve().parents[2] / "docs" / "console"
+WALK = "test:walk?start=2&end=4&duration=8&gop=1"
+
+# mean brightness (0-255) of the video element's current frame, drawn to a canvas
+FRAME_LEVEL = """
+const v = document.querySelector(arguments[0] + ' video');
+if (!v || v.readyState < 2) return -1;
+const c = document.createElement('canvas'); c.width = 160; c.height = 90;
+const g = c.getContext('2d'); g.drawImage(v, 0, 0, 160, 90);
+const d = g.getImageData(0, 0, 160, 90).data; let s = 0;
+for (let i = 0; i < d.length; i += 4) s += d[i] + d[i + 1] + d[i + 2];
+return s / (d.length / 4) / 3;
+"""
+
+
+def login(driver: Any, centre: Centre, user: str) -> None:
+    from selenium.webdriver.common.by import By
+
+    driver.get(centre.url + "/")
+    wait_js(driver, "document.body.dataset.ready === '1'", 15, "the console to load")
+    wait_js(driver, "!document.querySelector('#login').hidden", 5, "the login form")
+    form = driver.find_element(By.ID, "login-form")
+    form.find_element(By.NAME, "username").send_keys(user)
+    form.find_element(By.NAME, "password").send_keys(PASSWORD)
+    driver.find_element(By.ID, "login-submit").click()
+    wait_js(driver, "!document.querySelector('#app').hidden", 10, f"{user} logged in")
+
+
+def shot(driver: Any, name: str) -> None:
+    """A screenshot for docs/console.md: a 1280x720 page, 4 bits per colour channel (the
+    generated scenes' noise made 700 KB files; this keeps them near 200 KB), then back to the
+    1920x1080 desk screen."""
+    import time
+
+    import cv2
+    import numpy as np
+
+    metrics = {"width": 1280, "height": 720, "deviceScaleFactor": 1, "mobile": False}
+    driver.execute_cdp_cmd("Emulation.setDeviceMetricsOverride", metrics)
+    time.sleep(0.5)  # layout and a new video frame at the new size
+    png = np.frombuffer(driver.get_screenshot_as_png(), np.uint8)
+    driver.execute_cdp_cmd("Emulation.clearDeviceMetricsOverride", {})
+    image = np.bitwise_and(np.asarray(cv2.imdecode(png, cv2.IMREAD_COLOR)), np.uint8(0xF0))
+    assert cv2.imwrite(str(SHOTS / name), image, [cv2.IMWRITE_PNG_COMPRESSION, 9])
+
+
+def nav_shown(driver: Any) -> list[str]:
+    views: list[str] = driver.execute_script(
+        "return [...document.querySelectorAll('#nav button')].filter(b => !b.hidden)"
+        ".map(b => b.dataset.view)"
+    )
+    return views
+
+
+def open_view(driver: Any, view: str) -> None:
+    driver.execute_script(f"document.querySelector('#nav button[data-view={view}]').click()")
+    wait_js(driver, f"!document.querySelector('#view-{view}').hidden", 5, f"the {view} view")
+
+
+def logout(driver: Any) -> None:
+    driver.execute_script("document.querySelector('#logout').click()")
+    wait_js(driver, "!document.querySelector('#login').hidden", 5, "the login form again")
+
+
+def playing(driver: Any, tile: str) -> bool:
+    """The tile's video advances and its frame is not black."""
+    t0 = driver.execute_script(f"return document.querySelector('{tile} video').currentTime")
+    wait_js(
+        driver,
+        f"document.querySelector('{tile} video').currentTime > {t0} + 0.4",
+        15,
+        f"{tile}'s video to advance",
+    )
+    level = float(driver.execute_script(FRAME_LEVEL, tile))
+    assert level > 20, f"{tile}: the drawn frame is black (mean level {level:.1f})"
+    return True
+
+
+def ghost_offline(broker: MosquittoBroker) -> None:
+    """A gateway the centre knows, now offline (its retained status)."""
+    ghost = new_client("ghost-gw")
+    ghost.connect(broker.host, broker.port)
+    ghost.loop_start()
+    body = protocol.dumps({"state": "offline", "gateway": "ghost", "reason": "power cut"})
+    ghost.publish(f"{protocol.DEFAULT_ROOT}/ghost/status", body, 1, True).wait_for_publish(5)
+    ghost.disconnect()
+    ghost.loop_stop()
+
+
+@pytest.mark.slow
+def test_an_operator_auditor_and_viewer_at_the_console(
+    broker: MosquittoBroker,
+    centre_server: Callable[..., Centre],
+    real_gateway: Callable[..., Any],
+    dome: tuple[PtyPair, PelcoReader],
+    browser: Callable[..., Any],
+) -> None:
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select
+
+    pty, pelco = dome
+    centre = centre_server(broker, live={"lease_s": 5})
+    cameras = [
+        {"id": "cam1", "url": WALK, "ptz": {"protocol": "pelco-d", "serial_port": pty.gateway}},
+        {"id": "cam2", "url": WALK + "&seed=7"},
+    ]
+    real_gateway(broker, cameras=cameras, live={"min_lease_s": 1.0, "max_sessions_per_operator": 4})
+    ghost_offline(broker)
+    op = centre.login("op1")
+    wait_for(
+        lambda: (
+            {g["gateway"]: g["state"] for g in op.ok("GET", "/api/gateways")["gateways"]}.get("gw1")
+            == "online"
+            and len(op.ok("GET", "/api/gateways")["gateways"]) == 2
+        ),
+        20,
+        "gw1 online and the ghost gateway in the fleet",
+    )
+    driver = browser()
+
+    # -- an operator: fleet, events, live wall, PTZ ---------------------------------------------
+    login(driver, centre, "op1")
+    assert nav_shown(driver) == ["fleet", "events", "live", "recordings"]  # no register
+    wait_js(driver, "document.querySelectorAll('#fleet-list .gw').length === 2", 10, "the fleet")
+    # problems first: the offline gateway's card comes before the healthy one
+    order = driver.execute_script(
+        "return [...document.querySelectorAll('#fleet-list .gw')].map(e => e.dataset.gateway)"
+    )
+    assert order == ["ghost", "gw1"]
+    assert "hors ligne depuis" in driver.find_element(By.CSS_SELECTOR, ".gw.bad").text
+    shot(driver, "fleet.png")
+
+    open_view(driver, "events")
+    wait_js(
+        driver,
+        "[...document.querySelectorAll('#ev-list img.thumb')].some(i => i.complete && i.naturalWidth > 0)",
+        45,
+        "an event in the feed with its snapshot",
+    )
+    # cards are redrawn as messages arrive: find and click in one step
+    text = driver.execute_script(
+        "const c = document.querySelector('#ev-list .event img.thumb').closest('.event');"
+        "c.click(); return c.textContent"
+    )
+    assert "cam1" in text or "cam2" in text
+    wait_js(driver, "document.querySelector('#ev-comment')", 10, "the event's detail")
+    comment = driver.find_element(By.ID, "ev-comment")
+    comment.send_keys("Patrouille prévenue")
+    driver.find_element(By.ID, "ev-handle").click()
+    wait_js(
+        driver,
+        "document.querySelector('#ev-handled-status').textContent.includes('op1')",
+        10,
+        "the event marked as handled",
+    )
+    shot(driver, "events.png")
+
+    open_view(driver, "live")
+    Select(driver.find_element(By.ID, "wall-size")).select_by_value("2")
+    wait_js(driver, "document.querySelectorAll('#wall .tile').length === 4", 5, "a 2x2 wall")
+    wait_js(driver, "document.querySelectorAll('#tile-0 .tile-camera option').length > 2", 10,
+            "the cameras in the tile pickers")  # fmt: skip
+    for i, cam in enumerate(["cam1", "cam2", "cam2", "cam1"]):
+        Select(driver.find_element(By.CSS_SELECTOR, f"#tile-{i} .tile-camera")).select_by_value(
+            f"gw1/{cam}"
+        )
+    for i in range(4):
+        assert playing(driver, f"#tile-{i}")
+    shot(driver, "wall-2x2.png")
+
+    # PTZ: press and hold "up" on tile 0's camera, release: a move then a stop on the line
+    driver.find_element(By.ID, "tile-0").click()
+    up = wait_for(
+        lambda: driver.find_elements(
+            By.CSS_SELECTOR, "#ptz-pad .ptz-btn[data-tilt='1'][data-pan='0']"
+        ),
+        5,
+        "the PTZ pad",
+    )[0]
+    before = len(pelco.frames)
+    ActionChains(driver).click_and_hold(up).pause(1.2).release().perform()
+    wait_for(lambda: STOP in pelco.frames[before:], 5, "the stop on the serial line")
+    sent = pelco.frames[before:]
+    moves = [f for f in sent if f != STOP]
+    assert moves and sent.index(moves[0]) < len(sent) - 1 - sent[::-1].index(STOP)
+    assert moves[0][3] & 0x08, f"a tilt up (Pelco-D command 2 bit 3): {moves[0].hex(' ')}"
+    wait_js(driver, "document.querySelector('.ptz-status').textContent.includes('op1')", 5,
+            "who holds the camera")  # fmt: skip
+
+    # the tab hidden: every view stopped at the server; shown again: they resume
+    server = centre.thread.server
+    assert server is not None and server.services.relay is not None
+    relay = server.services.relay
+
+    def relayed() -> int:
+        return len(relay.sessions)
+
+    assert relayed() == 4
+    hide = "Object.defineProperty(document, 'hidden', {value: %s, configurable: true});" \
+           "document.dispatchEvent(new Event('visibilitychange'))"  # fmt: skip
+    driver.execute_script(hide % "true")
+    wait_for(lambda: relayed() == 0, 10, "the live views stopped while the tab is hidden")
+    assert "onglet masqué" in driver.find_element(By.ID, "tile-1").text
+    driver.execute_script(hide % "false")
+    wait_for(lambda: relayed() == 4, 15, "the live views back when the tab is shown")
+    assert playing(driver, "#tile-1")
+
+    # a tile on an offline gateway says so; closing a tile ends its view
+    driver.execute_script("window.guetteurLive.play(3, 'ghost', 'c1')")
+    wait_js(driver, "document.querySelector('#tile-3').dataset.state === 'refused'", 10,
+            "the ghost tile refused")  # fmt: skip
+    assert "Passerelle hors ligne" in driver.find_element(By.ID, "tile-3").text
+    driver.find_element(By.CSS_SELECTOR, "#tile-2 .tile-close").click()
+    wait_for(lambda: relayed() == 2, 10, "the closed tile's view ended")
+
+    # the session ends elsewhere while tiles play: the page says so at the next renewal
+    driver.execute_script("fetch('/api/logout', {method: 'POST', credentials: 'same-origin'})")
+    wait_js(driver, "!document.querySelector('#login').hidden", 10, "the login form")
+    assert driver.find_element(By.ID, "login-message").text.startswith("Votre session")
+    wait_for(lambda: relayed() == 0, 15, "the live views of the ended session stopped")
+
+    # -- the auditor: the register names the operator's live views and PTZ session --------------
+    login(driver, centre, "aud1")
+    assert nav_shown(driver) == ["register"]
+    form = driver.find_element(By.ID, "reg-filters")
+    form.find_element(By.NAME, "operator").send_keys("op1")
+    form.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
+    text = wait_js(
+        driver,
+        "(t => t.includes('ptz.session.start') && t.includes('cmd.live.start') && t.includes('event.handled') && t)(document.querySelector('#reg-rows').textContent)",
+        10,
+        "the operator's live views, PTZ session and handled event in the register",
+    )
+    assert "op1" in text
+    rows = centre.login("aud1").ok("GET", "/api/register", action="event.handled")["rows"]
+    assert rows[0]["operator"] == "op1" and rows[0]["detail"]["comment"] == "Patrouille prévenue"
+    logout(driver)
+
+    # -- a viewer: no live view, no PTZ pad; the API refuses both anyway ------------------------
+    login(driver, centre, "view1")
+    assert nav_shown(driver) == ["fleet", "events", "recordings"]
+    assert driver.execute_script("return document.querySelector('#ptz').hidden") is True
+    assert driver.find_elements(By.ID, "ptz-pad") == []
+    viewer = centre.login("view1")
+    assert viewer.error("POST", "/api/gateways/gw1/cameras/cam1/ptz", {"action": "stop"}) == (
+        403,
+        "forbidden",
+    )
+    assert viewer.error("POST", "/api/live", {"gateway": "gw1", "camera": "cam1"})[0] == 403
+    # the language switch: English labels, then back to French (the default)
+    driver.execute_script("document.querySelector('header .lang-switch').click()")
+    assert driver.find_element(By.CSS_SELECTOR, "#nav button[data-view=fleet]").text == "Fleet"
+    driver.execute_script("document.querySelector('header .lang-switch').click()")
+    assert driver.find_element(By.CSS_SELECTOR, "#nav button[data-view=fleet]").text == "Parc"
