@@ -128,6 +128,9 @@ def test_a_stalled_outbox_disk_stalls_neither_analysis_nor_the_link(
             f"the gateway said 'online' {None if online is None else online - restarted} s "
             f"after the broker came back, during a {stall_s:.0f} s disk stall"
         )
+        # keep-alive went on: the broker never gave up on the gateway (its Last Will "offline")
+        dropped = [at - restarted for at, s in watcher.seen if at > online and s != "online"]
+        assert not dropped, f"the broker dropped the gateway {dropped} s after restarting"
         # analysis went on: frames analysed all along the stall (at most one SUBMIT_WAIT_S hold)
         changes = [b[0] for a, b in itertools.pairwise(samples) if a[1] != b[1]]
         gaps = [b - a for a, b in itertools.pairwise([stall_started, *changes, samples[-1][0]])]
