@@ -21,12 +21,16 @@ from pathlib import Path
 import paho.mqtt.client as mqtt
 import pytest
 
-from guetteur.config import validate_config
+from guetteur.config import OutboxConfig, validate_config
 from guetteur.runtime.gateway import Gateway
 from guetteur.uplink import protocol
 from guetteur.uplink.mqttutil import new_client, parse_broker_url
+from guetteur.uplink.outbox import service
+from guetteur.uplink.outbox.service import Outbox
 from tests.fixtures.broker import MosquittoBroker
 from tests.fixtures.waiting import wait_for
+from tests.test_outbox import event, snapshot
+from tests.test_outbox_service import MemoryLink
 
 GW = "gw-stall"
 STALL_S = 12.0  # longer than the store's 10 s busy timeout: a commit that waits, fails
@@ -148,3 +152,42 @@ def test_a_stalled_outbox_disk_stalls_neither_analysis_nor_the_link(
     finally:
         gateway.stop()
         watcher.close()
+
+
+def test_a_full_hand_off_keeps_every_event_and_refuses_snapshots(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While the disk is stalled, submits return at once after the first has waited its bound;
+    past the hand-off's bound events are still kept (in memory, counted), snapshots refused;
+    when the disk answers, every event is committed once, in submission order."""
+    monkeypatch.setattr(service, "SUBMIT_QUEUE_ITEMS", 4)
+    outbox = Outbox(OutboxConfig(), tmp_path, MemoryLink(), "gw-full")
+    db_path = tmp_path / "outbox" / "outbox.db"
+    held = threading.Event()
+    staller = threading.Thread(target=stall_database, args=(db_path, 4.0, held))
+    staller.start()
+    try:
+        assert held.wait(10)
+        t0 = time.monotonic()
+        outbox.submit(event(0))  # waits for its commit, at most SUBMIT_WAIT_S
+        first = time.monotonic() - t0
+        assert service.SUBMIT_WAIT_S <= first < service.SUBMIT_WAIT_S + 1.0
+        t0 = time.monotonic()
+        for n in range(1, 10):
+            outbox.submit(event(n))
+            if n % 3 == 0:
+                outbox.submit(snapshot(n))
+        assert time.monotonic() - t0 < 0.5, "submits waited for a stalled disk"
+        assert outbox.counters["spilled"] >= 5
+        assert outbox.counters["dropped_snapshots"] == 3  # all arrived past the bound
+        assert any("stalled" in w for w in outbox.warnings())
+        assert outbox.depth()["events"] == 10  # waiting in memory, counted in the status
+    finally:
+        staller.join()
+    wait_for(lambda: len(stored_events(db_path)) == 10, 15, "the events committed")
+    assert [i for i, _ in stored_events(db_path)] == [f"ev{n}:0" for n in range(10)]
+    assert [c for _, c in stored_events(db_path)] == list(range(1, 11))
+    wait_for(
+        lambda: not any("stalled" in w for w in outbox.warnings()), 5, "the stall warning to clear"
+    )
+    outbox.close()
