@@ -17,6 +17,7 @@ import sqlite3
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import paho.mqtt.client as mqtt
 import pytest
@@ -24,9 +25,10 @@ import pytest
 from guetteur.config import OutboxConfig, validate_config
 from guetteur.runtime.gateway import Gateway
 from guetteur.uplink import protocol
+from guetteur.uplink.audit import AuditTrail, AuditUnavailable
 from guetteur.uplink.mqttutil import new_client, parse_broker_url
 from guetteur.uplink.outbox import service
-from guetteur.uplink.outbox.service import Outbox
+from guetteur.uplink.outbox.service import DURABLE_WAIT_S, Outbox
 from tests.fixtures.broker import MosquittoBroker
 from tests.fixtures.waiting import wait_for
 from tests.test_outbox import event, snapshot
@@ -191,3 +193,40 @@ def test_a_full_hand_off_keeps_every_event_and_refuses_snapshots(
         lambda: not any("stalled" in w for w in outbox.warnings()), 5, "the stall warning to clear"
     )
     outbox.close()
+
+
+@pytest.mark.slow
+def test_an_audit_record_is_on_disk_before_its_action_or_the_action_is_refused(
+    tmp_path: Path,
+) -> None:
+    """Submits no longer wait for a stalled disk, but a command's audit record must be stored
+    before the command runs: during a stall ``require`` refuses (``audit_unavailable``) within
+    twice ``DURABLE_WAIT_S``, and the record it took back is never stored, even once the disk
+    answers; after that, records are stored again."""
+    outbox = Outbox(OutboxConfig(), tmp_path, MemoryLink(), "gw-audit")
+    trail = AuditTrail(outbox, "gw-audit")
+    db_path = tmp_path / "outbox" / "outbox.db"
+    held = threading.Event()
+    # longer than the store's busy timeout: the commit holding the record fails
+    staller = threading.Thread(target=stall_database, args=(db_path, STALL_S, held))
+    staller.start()
+    try:
+        assert held.wait(10)
+        t0 = time.monotonic()
+        with pytest.raises(AuditUnavailable):
+            trail.require("cmd.ptz", camera="dome", outcome="accepted")
+        assert time.monotonic() - t0 < 2 * DURABLE_WAIT_S + 1.0
+    finally:
+        staller.join()
+    stored = trail.require("cmd.ptz", camera="dome", outcome="accepted")
+    records = [json.loads(p) for (p,) in sqlite_rows(db_path, "SELECT payload FROM items")]
+    assert [r["id"] for r in records] == [stored], "the refused action's record was stored"
+    outbox.close()
+
+
+def sqlite_rows(db_path: Path, sql: str) -> list[tuple[Any, ...]]:
+    db = sqlite3.connect(db_path, timeout=30)
+    try:
+        return db.execute(sql).fetchall()
+    finally:
+        db.close()

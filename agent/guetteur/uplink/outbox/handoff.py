@@ -57,6 +57,8 @@ class CommitQueue:
         self._bytes = 0
         self._last_ticket = 0
         self._committed = 0
+        self._committing = 0  # the last ticket of the commit under way; 0 when none is
+        self._withdrawn: set[int] = set()  # taken back by their submitters: never to be stored
         self._closed = False
         self.slow_since: float | None = None  # monotonic time the current stall was noticed
         self.spilled = 0
@@ -119,12 +121,50 @@ class CommitQueue:
                 self._cv.wait(left)
             return True
 
+    def wait_stored(self, ticket: int, timeout: float) -> bool:
+        """Wait until ``ticket`` is committed, for at most ``timeout``, slow disk or not (for
+        records that must be on disk before something happens). True when committed."""
+        deadline = time.monotonic() + timeout
+        with self._cv:
+            while self._committed < ticket:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._cv.wait(left)
+            return True
+
+    def withdraw(self, ticket: int, timeout: float) -> bool | None:
+        """Take back an item not committed yet: True when it will never be stored, False when
+        it was stored meanwhile, None when a commit holding it is still under way after
+        ``timeout`` (that commit decides; if it fails the item is not tried again)."""
+        deadline = time.monotonic() + timeout
+        with self._cv:
+            self._withdrawn.add(ticket)
+            while ticket <= self._committing:  # in the commit under way: wait for its outcome
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return None
+                self._cv.wait(left)
+            if self._committed >= ticket:
+                self._withdrawn.discard(ticket)
+                return False
+            self._drop_withdrawn()
+            return True
+
+    def _drop_withdrawn(self) -> None:  # under the lock; a commit under way keeps its own copy
+        for entry in [e for e in self._items if e[0] in self._withdrawn]:
+            self._items.remove(entry)
+            self._bytes -= len(entry[1].payload)
+            self._withdrawn.discard(entry[0])
+
     def take(self, limit: int) -> Batch | None:
         """The oldest ``limit`` items, left in the queue until ``done``."""
         with self._cv:
+            self._drop_withdrawn()
             if not self._items:
                 return None
             taken = [self._items[i] for i in range(min(limit, len(self._items)))]
+            self._committing = taken[-1][0]
         return Batch([item for _, item in taken], taken[-1][0])
 
     def done(self, batch: Batch) -> None:
@@ -134,6 +174,7 @@ class CommitQueue:
                 _, item = self._items.popleft()
                 self._bytes -= len(item.payload)
             self._committed = batch.last
+            self._committing = 0
             if self.slow_since is not None:
                 log.warning(
                     "outbox: commits go through again after %.1f s",
@@ -165,6 +206,9 @@ class CommitQueue:
             try:
                 write()
             except Exception as exc:
+                with self._cv:  # the commit under way failed: its items wait for the next one
+                    self._committing = 0
+                    self._cv.notify_all()
                 now = time.monotonic()
                 failing_since = failing_since or now
                 if now - last_said >= FAILING_LOG_EVERY_S:
