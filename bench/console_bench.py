@@ -121,6 +121,12 @@ def start_gateway(work: Path, broker: PrivateBroker, pub: Path, gop: int, tiles:
     return gw
 
 
+def gw_mbit(work: Path, gop: int) -> float:
+    """The cameras' bit rate: the looped clip's size over its 20 s."""
+    clip = MediaFactory(work / "clips").h264_clip(duration=20, gop_s=gop, size=(1280, 720))
+    return clip.stat().st_size * 8 / 20 / 1e6
+
+
 def login(driver: Any, base: str) -> None:
     from selenium.webdriver.common.by import By
 
@@ -164,7 +170,9 @@ def click_to_frame(driver: Any, api: Api, requests: int, gop: int) -> dict[str, 
     }
 
 
-def wall_cpu(driver: Any, pid: int, tiles: int, seconds: float) -> dict[str, Any]:
+def wall_cpu(
+    driver: Any, pid: int, tiles: int, seconds: float, camera_mbit: float
+) -> dict[str, Any]:
     n = int(tiles**0.5)
     driver.execute_script(f"window.guetteurLive.wall({n})")
     idle = measure_cpu(pid, min(10.0, seconds))
@@ -181,11 +189,16 @@ def wall_cpu(driver: Any, pid: int, tiles: int, seconds: float) -> dict[str, Any
     received = sum(b[1] - a[1] for a, b in zip(before, after, strict=True))
     advanced = sum(1 for p in played if p > seconds / 2)
     per_tile = (busy - idle) / tiles
+    per_mbit = (busy - idle) / max(received * 8 / seconds / 1e6, 1e-9)
     return {
         "tiles": tiles,
         "tiles_advancing": advanced,
         "played_s_min_median": [round(min(played), 1), round(statistics.median(played), 1)],
         "relayed_mbit_s": round(received * 8 / seconds / 1e6, 2),
+        "cpu_ms_per_mbit": round(per_mbit * 1000, 2),
+        "camera_mbit_s": round(camera_mbit, 2),
+        # what the wall would cost if every tile received all its camera sent
+        "full_rate_cpu_s_per_s": round(idle + per_mbit * tiles * camera_mbit, 3),
         "server_cpu_idle": round(idle, 4),
         "server_cpu_s_per_s": round(busy, 4),
         "per_tile_cpu_s_per_s": round(per_tile, 4),
@@ -225,7 +238,9 @@ def main() -> None:
                 time.sleep(0.5)
             login(driver, base)
             first = click_to_frame(driver, api, args.requests, args.gop)
-            relay = wall_cpu(driver, proc.pid, args.tiles, args.cpu_seconds)
+            relay = wall_cpu(
+                driver, proc.pid, args.tiles, args.cpu_seconds, gw_mbit(work, args.gop)
+            )
         finally:
             driver.quit()
             gw.stop()
@@ -248,6 +263,8 @@ def main() -> None:
         f"{r['per_tile_cpu_s_per_s'] * 1000:.1f} ms per s per tile, "
         f"{r['relayed_mbit_s']} Mbit/s relayed; share of one core {r['share_of_one_core']:.1%}"
     )
+    print(f"  {r['cpu_ms_per_mbit']} ms CPU per Mbit relayed; each camera sends {r['camera_mbit_s']} Mbit/s: "
+          f"the whole wall at full rate would cost {r['full_rate_cpu_s_per_s']} CPU s per s")  # fmt: skip
     print(f"  video played per tile in {args.cpu_seconds:g} s: min {r['played_s_min_median'][0]} s, "
           f"median {r['played_s_min_median'][1]} s")  # fmt: skip
 
