@@ -471,8 +471,6 @@ def run(args: argparse.Namespace) -> int:
         card.fat_write("guetteur-provision.yaml", provision_file(centre, "wrong-ca.pem"), work)
         tl.step("FAT: guetteur-provision.yaml naming the wrong CA written with mtools")
         vm.start()
-        vm.wait_console("the kernel", r"Linux version", 120)
-        tl.step("boot 1: kernel started")
         m = vm.wait_console("the data partition grown", r"grown from (\d+) MiB to (\d+) MiB", 600)
         tl.step(f"boot 1: data partition grown from {m.group(1)} to {m.group(2)} MiB")
         vm.wait_console("provisioning refused", r"provisioning refused", 600)
@@ -623,6 +621,8 @@ def main() -> int:
         if shutil.which(tool) is None:
             print(f"vm-test: {tool} missing: run scripts/setup-system", file=sys.stderr)
             return 2
+    # a CI timeout or Ctrl-C: QEMU, the broker and the receiver are stopped on the way out
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     return run(args)
 
 
