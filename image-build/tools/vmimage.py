@@ -222,6 +222,11 @@ def build(root: Path, out: Path, py: str, pubkey: Path | None) -> Path:
     shutil.copyfile(kernels[-1], boot / "vmlinuz")
     shutil.copyfile(tree / f"boot/initrd.img-{version}", boot / "initrd.img")
     (boot / "cmdline.txt").write_text(CMDLINE)
+    # D-Bus reads the machine id here; tmpfiles would link it at boot, on a read-only root
+    dbus_id = tree / "var/lib/dbus/machine-id"
+    dbus_id.parent.mkdir(parents=True, exist_ok=True)
+    dbus_id.unlink(missing_ok=True)
+    dbus_id.symlink_to("/etc/machine-id")
     release = {"profile": PROFILE, "kernel": version, "built": ib.epoch()}
     (tree / "usr/lib/guetteur/image.json").write_text(json.dumps(release) + "\n")
 
