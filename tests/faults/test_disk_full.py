@@ -185,3 +185,47 @@ def test_full_disk_every_event_once_and_the_newest_video(
         assert end is not None and end > the_end - 5, (end, the_end, states)
     finally:
         index.close()
+
+
+def test_gateway_starts_on_a_full_disk_and_says_degraded(small_partition: Path) -> None:
+    """The whole gateway (recorder, outbox, audit) starts on a partition filled to the last byte,
+    and its status says ``degraded`` with the reason, not ``online`` with a warning; once space
+    is freed it says ``online`` again."""
+    from guetteur.config import validate_config
+    from guetteur.runtime.gateway import Gateway
+    from guetteur.uplink import protocol
+    from tests.contract import validate_payload
+
+    data = small_partition / "gw"
+    config = validate_config(
+        {
+            "gateway_id": "gw-full",
+            "data_dir": str(data),
+            "mqtt": {"url": "mqtt://127.0.0.1:1"},  # never connected: nothing is started
+            "cameras": [{"id": "street", "url": "test:quiet"}],
+        }
+    )
+    first = Gateway(config)  # a first run: databases and the reserve file in place
+    assert first.outbox is not None
+    first.outbox.submit(event_item("gw-full", "street", 1))  # undelivered: the link never came
+    first.stop()
+    assert reserve.reserve_path(data).exists()
+    ballast = fill(small_partition)
+    gateway = Gateway(config)  # before: traceback in reconcile -> clear_writing
+    try:
+        assert gateway.recorder is not None and gateway.outbox is not None
+        # The undelivered event is still there (before: the database, unopenable on a full
+        # disk, was moved aside as corrupt, its items lost).
+        assert gateway.outbox.depth()["events"] == 1
+        assert not list((data / "outbox").glob("*corrupt*"))
+        gateway.recorder.purge_now()
+        status = validate_payload("gateway-status", protocol.dumps(gateway.status_message()))
+        assert status["state"] == "degraded"
+        assert "short of space" in status["reason"], status
+        assert "recording degraded" in gateway.summary()
+        ballast.unlink()
+        gateway.recorder.purge_now()
+        status = validate_payload("gateway-status", protocol.dumps(gateway.status_message()))
+        assert status["state"] == "online" and "reason" not in status, status
+    finally:
+        gateway.stop()
