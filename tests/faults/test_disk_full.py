@@ -9,11 +9,8 @@ blocks, as the agent's own user has none. What used to happen on it: event messa
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -25,50 +22,13 @@ from guetteur.record.index import SegmentIndex
 from guetteur.record.writer import Recorder
 from guetteur.uplink.outbox.store import OutboxStore
 from tests.fixtures.broker import MosquittoBroker
+from tests.fixtures.disk import MIB, fill, small_partition
 from tests.fixtures.waiting import wait_for
 from tests.outbox_agent import event_item
 from tests.recording_agent import Clip, feed, load_clip, make_h264
 from tests.test_durability import count_events, read_db, start_agent
 
-MIB = 1 << 20
-
-
-@pytest.fixture
-def small_partition(tmp_path: Path) -> Iterator[Path]:
-    """A 64 MiB ext4 filesystem, loop-mounted, unmounted and deleted afterwards."""
-    if os.geteuid() != 0:
-        pytest.skip("a loop mount needs root")
-    if shutil.which("mkfs.ext4") is None:
-        pytest.skip("mkfs.ext4 is not installed (e2fsprogs)")
-    image, mnt = tmp_path / "data.img", tmp_path / "data"
-    mnt.mkdir()
-    with open(image, "wb") as f:
-        f.truncate(64 * MIB)
-    subprocess.run(["mkfs.ext4", "-q", "-F", "-m", "0", str(image)], check=True)
-    done = subprocess.run(["mount", "-o", "loop", str(image), str(mnt)], capture_output=True)
-    if done.returncode != 0:
-        pytest.skip(f"loop mounts are not possible here: {done.stderr.decode().strip()}")
-    try:
-        yield mnt
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], check=False)
-        image.unlink(missing_ok=True)
-
-
-def fill(directory: Path) -> Path:
-    """Fill the partition of ``directory`` to the last block, as a runaway log would."""
-    ballast = directory / "ballast"
-    fd = os.open(ballast, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-    try:
-        chunk = 1 << 20
-        while chunk:  # smaller and smaller writes until not one more byte fits
-            try:
-                os.write(fd, b"\0" * chunk)
-            except OSError:
-                chunk //= 2
-    finally:
-        os.close(fd)
-    return ballast
+__all__ = ["small_partition"]  # the fixture, used by name
 
 
 @pytest.fixture(scope="module")
