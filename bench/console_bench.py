@@ -6,8 +6,8 @@ relaying a 4x4 wall.
                                             [--cpu-seconds 20] [--json]
 
 Real parts on loopback, started here: Mosquitto, ``guetteur centre serve`` in its own process
-(its CPU is read from /proc), a gateway (the agent's runtime, in this process) with generated
-720p cameras (25 fps, a keyframe every ``--gop`` s), and Debian's headless Chromium driven by
+(its CPU is read from /proc), a gateway (the agent's runtime, in this process) with four 720p
+cameras (an ffmpeg-made H.264 clip looped in real time: 25 fps, a keyframe every ``--gop`` s), and Debian's headless Chromium driven by
 Selenium, logged in as an operator.
 
 1. Click → first frame: ``--requests`` times, a camera chosen in a tile's picker (the page's
@@ -41,6 +41,7 @@ sys.path.insert(0, str(REPO))
 
 from tests.centre.harness import PASSWORD, Api, add_users  # noqa: E402
 from tests.fixtures.browser import new_browser, wait_js  # noqa: E402
+from tests.fixtures.media import MediaFactory  # noqa: E402
 from tests.fixtures.signing import make_centre_key  # noqa: E402
 
 from guetteur.centre.config import validate_centre_config  # noqa: E402
@@ -103,8 +104,11 @@ def start_centre(work: Path, broker: PrivateBroker, key: Path) -> tuple[subproce
 
 
 def start_gateway(work: Path, broker: PrivateBroker, pub: Path, gop: int, tiles: int) -> Gateway:
-    url = f"test:walk?width=1280&height=720&gop={gop}&duration=40&start=5&end=30"
-    cameras = [{"id": f"cam{i + 1}", "url": url + f"&seed={i}"} for i in range(CAMERAS)]
+    # an ffmpeg-made clip, looped in real time: a generated scene is rendered and encoded on its
+    # first pass, slower than real time for four 720p cameras on this machine
+    (work / "clips").mkdir()
+    clip = MediaFactory(work / "clips").h264_clip(duration=20, gop_s=gop, size=(1280, 720))
+    cameras = [{"id": f"cam{i + 1}", "url": f"file:{clip}"} for i in range(CAMERAS)]
     raw = {
         "gateway_id": "gw1", "data_dir": str(work / "gw"), "mqtt": {"url": broker.url},
         "cameras": cameras, "recording": {"segment_s": 4},
@@ -115,6 +119,12 @@ def start_gateway(work: Path, broker: PrivateBroker, pub: Path, gop: int, tiles:
     gw = Gateway(validate_config(raw, "bench gateway"))
     gw.start()
     return gw
+
+
+def gw_mbit(work: Path, gop: int) -> float:
+    """The cameras' bit rate: the looped clip's size over its 20 s."""
+    clip = MediaFactory(work / "clips").h264_clip(duration=20, gop_s=gop, size=(1280, 720))
+    return clip.stat().st_size * 8 / 20 / 1e6
 
 
 def login(driver: Any, base: str) -> None:
@@ -160,7 +170,9 @@ def click_to_frame(driver: Any, api: Api, requests: int, gop: int) -> dict[str, 
     }
 
 
-def wall_cpu(driver: Any, pid: int, tiles: int, seconds: float) -> dict[str, Any]:
+def wall_cpu(
+    driver: Any, pid: int, tiles: int, seconds: float, camera_mbit: float
+) -> dict[str, Any]:
     n = int(tiles**0.5)
     driver.execute_script(f"window.guetteurLive.wall({n})")
     idle = measure_cpu(pid, min(10.0, seconds))
@@ -169,18 +181,24 @@ def wall_cpu(driver: Any, pid: int, tiles: int, seconds: float) -> dict[str, Any
         time.sleep(0.2)
     wait_js(driver, f"[...document.querySelectorAll('#wall video')].filter(v => v.currentTime > 1).length === {tiles}",
             60, f"{tiles} tiles playing")  # fmt: skip
-    before = driver.execute_script(
-        "return [...document.querySelectorAll('#wall video')].map(v => v.currentTime)"
-    )
+    probe = "return window.guetteurLive.tiles().map(t => [t.video.currentTime, t.bytes])"
+    before = driver.execute_script(probe)
     busy = measure_cpu(pid, seconds)
-    after = driver.execute_script(
-        "return [...document.querySelectorAll('#wall video')].map(v => v.currentTime)"
-    )
-    advanced = sum(1 for a, b in zip(before, after, strict=True) if b - a > seconds / 2)
+    after = driver.execute_script(probe)
+    played = [b[0] - a[0] for a, b in zip(before, after, strict=True)]
+    received = sum(b[1] - a[1] for a, b in zip(before, after, strict=True))
+    advanced = sum(1 for p in played if p > seconds / 2)
     per_tile = (busy - idle) / tiles
+    per_mbit = (busy - idle) / max(received * 8 / seconds / 1e6, 1e-9)
     return {
         "tiles": tiles,
         "tiles_advancing": advanced,
+        "played_s_min_median": [round(min(played), 1), round(statistics.median(played), 1)],
+        "relayed_mbit_s": round(received * 8 / seconds / 1e6, 2),
+        "cpu_ms_per_mbit": round(per_mbit * 1000, 2),
+        "camera_mbit_s": round(camera_mbit, 2),
+        # what the wall would cost if every tile received all its camera sent
+        "full_rate_cpu_s_per_s": round(idle + per_mbit * tiles * camera_mbit, 3),
         "server_cpu_idle": round(idle, 4),
         "server_cpu_s_per_s": round(busy, 4),
         "per_tile_cpu_s_per_s": round(per_tile, 4),
@@ -220,7 +238,9 @@ def main() -> None:
                 time.sleep(0.5)
             login(driver, base)
             first = click_to_frame(driver, api, args.requests, args.gop)
-            relay = wall_cpu(driver, proc.pid, args.tiles, args.cpu_seconds)
+            relay = wall_cpu(
+                driver, proc.pid, args.tiles, args.cpu_seconds, gw_mbit(work, args.gop)
+            )
         finally:
             driver.quit()
             gw.stop()
@@ -237,10 +257,16 @@ def main() -> None:
           f"goal {GOAL_S} s → p95/goal = {f['p95_to_goal']:.2f}")  # fmt: skip
     print(f"  API live start round trip (same run, the floor): p50 {f['api_start_p50_s']:.2f} s, "
           f"p95 {f['api_start_p95_s']:.2f} s")  # fmt: skip
-    print(f"centre server relaying {r['tiles']} 720p tiles ({r['tiles_advancing']} advancing): "
-          f"{r['server_cpu_s_per_s']:.3f} CPU s per wall s (idle {r['server_cpu_idle']:.3f}), "
-          f"{r['per_tile_cpu_s_per_s'] * 1000:.1f} ms per s per tile; "
-          f"share of one core {r['share_of_one_core']:.1%}")  # fmt: skip
+    print(
+        f"centre server relaying {r['tiles']} 720p tiles ({r['tiles_advancing']} advancing): "
+        f"{r['server_cpu_s_per_s']:.3f} CPU s per wall s (idle {r['server_cpu_idle']:.3f}), "
+        f"{r['per_tile_cpu_s_per_s'] * 1000:.1f} ms per s per tile, "
+        f"{r['relayed_mbit_s']} Mbit/s relayed; share of one core {r['share_of_one_core']:.1%}"
+    )
+    print(f"  {r['cpu_ms_per_mbit']} ms CPU per Mbit relayed; each camera sends {r['camera_mbit_s']} Mbit/s: "
+          f"the whole wall at full rate would cost {r['full_rate_cpu_s_per_s']} CPU s per s")  # fmt: skip
+    print(f"  video played per tile in {args.cpu_seconds:g} s: min {r['played_s_min_median'][0]} s, "
+          f"median {r['played_s_min_median'][1]} s")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -424,3 +424,15 @@ def test_camera_ptz_settings_reach_the_agent_config(layout: tuple[Path, Path, Pa
     write(boot, good_file(cameras=[{**cams[0], "ptz": {"protocol": "smoke-signals"}}]))
     assert run_cli(boot, etc, state) == 2
     assert "cameras[0].ptz.protocol" in report(boot)
+
+
+def test_a_write_failure_leaves_a_report_and_the_file_for_next_boot(
+    layout: tuple[Path, Path, Path],
+) -> None:
+    boot, etc, state = layout
+    etc.write_text("a file where /etc/guetteur should be a directory\n")
+    write(boot, good_file())
+    assert run_cli(boot, etc, state) == 2
+    text = report(boot)
+    assert "provision.write" in text and "cannot write" in text and str(etc) in text
+    assert (boot / prov.PROVISION_FILE).exists()

@@ -1092,6 +1092,9 @@ def cmd_stage(root: Path, out: Path, update_pubkey: Path | None) -> Path:
         "etc/guetteur",
         "var/lib/guetteur",
         "var/lib/systemd/timesync",
+        # systemd-logind's StateDirectory: on a read-only root it must exist, or logind fails
+        # (status 238) and the power button does nothing
+        "var/lib/systemd/linger",
         "opt/guetteur/releases",
         "data",
         "boot/firmware",

@@ -47,6 +47,9 @@ MIRRORS = (
 DEVICE_PACKAGES = (
     "systemd",
     "systemd-sysv",
+    # systemd-logind (through D-Bus) turns the power button into a clean shutdown: without it
+    # an ACPI power-off (QEMU's system_powerdown, an industrial PC's button) does nothing
+    "dbus",
     "udev",
     "util-linux",
     "kmod",
@@ -182,7 +185,7 @@ def _shq(text: str) -> str:
     return "'" + text.replace("'", "'\"'\"'") + "'"
 
 
-def build(root: Path, out: Path, py: str) -> Path:
+def build(root: Path, out: Path, py: str, pubkey: Path | None) -> Path:
     t0 = time.monotonic()
     cache = out / "vm"
     cache.mkdir(parents=True, exist_ok=True)
@@ -190,7 +193,7 @@ def build(root: Path, out: Path, py: str) -> Path:
     wh = wheelhouse(root, cache, py)
     say(f"wheelhouse {wh.name}: {len(list(wh.glob('*.whl')))} wheels", t0)
     ib.cmd_payload(root, out, wh)
-    ib.cmd_stage(root, out, ib_update_key(out))
+    ib.cmd_stage(root, out, update_key(out, pubkey))
     say("payload and staged tree", t0)
     tar = base_tarball(cache, packages)
     say(f"base {tar.name} ({tar.stat().st_size // MIB} MiB)", t0)
@@ -219,6 +222,11 @@ def build(root: Path, out: Path, py: str) -> Path:
     shutil.copyfile(kernels[-1], boot / "vmlinuz")
     shutil.copyfile(tree / f"boot/initrd.img-{version}", boot / "initrd.img")
     (boot / "cmdline.txt").write_text(CMDLINE)
+    # D-Bus reads the machine id here; tmpfiles would link it at boot, on a read-only root
+    dbus_id = tree / "var/lib/dbus/machine-id"
+    dbus_id.parent.mkdir(parents=True, exist_ok=True)
+    dbus_id.unlink(missing_ok=True)
+    dbus_id.symlink_to("/etc/machine-id")
     release = {"profile": PROFILE, "kernel": version, "built": ib.epoch()}
     (tree / "usr/lib/guetteur/image.json").write_text(json.dumps(release) + "\n")
 
@@ -235,10 +243,20 @@ def build(root: Path, out: Path, py: str) -> Path:
     return dest
 
 
-def ib_update_key(out: Path) -> Path | None:
-    """The update-signing public key baked into the image: UPDATE_PUBKEY when given, else none."""
-    key = os.environ.get("UPDATE_PUBKEY")
-    return Path(key) if key else None
+def update_key(out: Path, given: Path | None) -> Path:
+    """The update-signing public key baked into the image: --update-pubkey when given, else a
+    test pair made once in out/vm/keys, whose private half vm-test signs its bundles with (an
+    image built that way is a test image: never ship it)."""
+    if given is not None:
+        return given
+    keys = out / "vm" / "keys"
+    pub = keys / "update-signing.pub"
+    if not pub.exists():
+        from guetteur.keyfiles import generate
+
+        keys.mkdir(parents=True, exist_ok=True)
+        generate(keys / "update-signing", pub)
+    return pub
 
 
 def main() -> int:
@@ -247,6 +265,12 @@ def main() -> int:
     )
     parser.add_argument("--root", type=Path, required=True, help="the repository checkout")
     parser.add_argument("--out", type=Path, default=None, help="output directory")
+    parser.add_argument(
+        "--update-pubkey",
+        type=Path,
+        default=None,
+        help="Ed25519 public key that signs updates (default: a test key in out/vm/keys)",
+    )
     args = parser.parse_args()
     root = args.root.resolve()
     out = (args.out or root / "image-build" / "out").resolve()
@@ -254,7 +278,7 @@ def main() -> int:
         print("vm-image: run as root (mmdebstrap --mode=root, chroot, mounts)", file=sys.stderr)
         return 2
     try:
-        build(root, out, sys.executable)
+        build(root, out, sys.executable, args.update_pubkey)
     except ib.StepError as exc:
         print(f"vm-image: {exc}", file=sys.stderr)
         return 1

@@ -43,14 +43,16 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[2]
-sys.path[:0] = [str(ROOT / "agent"), str(ROOT)]
+sys.path[:0] = [str(ROOT / "agent"), str(ROOT), str(Path(__file__).resolve().parent)]
 
+import imagebuild as ib  # noqa: E402
 import yaml  # noqa: E402
 from tests.helpers_pki import make_ca, make_server_cert  # noqa: E402
 
 from guetteur import keyfiles  # noqa: E402
 from guetteur.centre.client import CentreClient  # noqa: E402
 from guetteur.dev.broker import PrivateBroker, free_port  # noqa: E402
+from guetteur.ops.updates import build_bundle  # noqa: E402
 from guetteur.uplink.command_auth import Signer  # noqa: E402
 
 GATEWAY = "gw-vm-01"
@@ -437,6 +439,42 @@ def segment_problem(path: Path) -> str | None:
         return str(exc)
 
 
+def release_bundle(work: Path, version: str, broken: bool, key: Path, wheelhouse: Path) -> Path:
+    """A signed bundle of the agent at ``version`` (this tree with its version changed) and every
+    dependency wheel. ``broken``: its `guetteur run` never comes up (no READY, no health file),
+    as a release with a start-up bug would."""
+    src = work / f"src-{version}"
+    ib._copy_source(ROOT, src)
+    pyproject = src / "pyproject.toml"
+    pyproject.write_text(
+        re.sub(r'(?m)^version = ".*"$', f'version = "{version}"', pyproject.read_text())
+    )
+    init = src / "agent/guetteur/__init__.py"
+    init.write_text(re.sub(r'__version__ = ".*"', f'__version__ = "{version}"', init.read_text()))
+    if broken:
+        cli = src / "agent/guetteur/cli.py"
+        text = cli.read_text()
+        hang = (
+            "    import time  # vm-test: a release that never comes up\n\n    time.sleep(10**9)\n"
+        )
+        text = text.replace(
+            "    parser = build_parser()\n", hang + "    parser = build_parser()\n", 1
+        )
+        cli.write_text(text)
+    wheel = ib.build_wheel(src, work / f"build-{version}")
+    wheels = [wheel, *sorted(wheelhouse.glob("*.whl"))]
+    return build_bundle(
+        wheels, version, keyfiles.load_private(key), work / f"guetteur-{version}.gtb"
+    )
+
+
+def status_version_since(centre: Centre, t: float, version: str) -> dict[str, Any] | None:
+    for when, status in centre.statuses:
+        if when >= t and status.get("state") == "online" and status.get("version") == version:
+            return status
+    return None
+
+
 def run(args: argparse.Namespace) -> int:
     tl = Timeline()
     work = args.work.resolve()
@@ -471,8 +509,6 @@ def run(args: argparse.Namespace) -> int:
         card.fat_write("guetteur-provision.yaml", provision_file(centre, "wrong-ca.pem"), work)
         tl.step("FAT: guetteur-provision.yaml naming the wrong CA written with mtools")
         vm.start()
-        vm.wait_console("the kernel", r"Linux version", 120)
-        tl.step("boot 1: kernel started")
         m = vm.wait_console("the data partition grown", r"grown from (\d+) MiB to (\d+) MiB", 600)
         tl.step(f"boot 1: data partition grown from {m.group(1)} to {m.group(2)} MiB")
         vm.wait_console("provisioning refused", r"provisioning refused", 600)
@@ -573,6 +609,10 @@ def run(args: argparse.Namespace) -> int:
         if problems or not count:
             raise Failed(f"recording index after the power cut: {count} segments, {problems}")
         tl.step(f"boot 4: root unchanged; {count} indexed segments, every one plays")
+        if args.skip_updates:
+            tl.step("updates: skipped (--skip-updates)")
+        else:
+            run_updates(args, tl, card, vm, centre, work, root_before)
     except Failed as exc:
         tl.step(f"FAILED: {exc}")
         print(f"console of boot {vm.boot}: {vm.console}", flush=True)
@@ -586,6 +626,69 @@ def run(args: argparse.Namespace) -> int:
         )
     tl.step("vm-test passed")
     return 0
+
+
+def run_updates(
+    args: argparse.Namespace,
+    tl: Timeline,
+    card: Card,
+    vm: Vm,
+    centre: Centre,
+    work: Path,
+    root_sha: str,
+) -> None:
+    """Boot 5: a good signed update (0.2.0), then one that never comes up healthy (0.3.0),
+    both dropped into the update inbox on the data partition; the root helper installs the
+    first, then rolls the second back to it."""
+    out = args.image.resolve().parent
+    key = out / "vm" / "keys" / "update-signing"
+    houses = sorted((out / "vm").glob("wheelhouse-*"))
+    if not key.exists() or not houses:
+        raise Failed(
+            f"no test update key {key} or wheelhouse: build the image with `make vm-image`"
+        )
+    good = release_bundle(work, "0.2.0", False, key, houses[-1])
+    bad = release_bundle(work, "0.3.0", True, key, houses[-1])
+    out_ = card.debugfs(
+        f"write {good} /guetteur/updates/inbox/{good.name}",
+        f"write {bad} /guetteur/updates/inbox/{bad.name}",
+        write=True,
+    )
+    if bad.name not in card.debugfs("ls /guetteur/updates/inbox"):
+        raise Failed(f"cannot drop the bundles into the update inbox: {out_[-300:]}")
+    tl.step(
+        f"updates: {good.name} and {bad.name} (signed, {good.stat().st_size // MIB} MiB each) in the inbox"
+    )
+    t5 = time.monotonic()
+    vm.start()
+    wait_for(
+        "the agent online at 0.2.0", lambda: status_version_since(centre, t5, "0.2.0"), 1800, 2
+    )
+    tl.step("boot 5: update 0.2.0 installed, agent online at 0.2.0")
+    t_good = time.monotonic()
+
+    def stopped_for_next() -> float | None:
+        # 0.2.0 stops (its farewell or its will: offline) for the helper to start 0.3.0
+        return next(
+            (w for w, st in centre.statuses if w >= t_good and st.get("state") != "online"), None
+        )
+
+    t_bad = wait_for("the agent stopped for 0.3.0", stopped_for_next, 1800, 2)
+    tl.step("boot 5: agent stopped for 0.3.0")
+    again = wait_for(
+        "the agent online at 0.2.0 again",
+        lambda: status_version_since(centre, t_bad, "0.2.0"),
+        1200,
+        2,
+    )
+    tl.step(f"boot 5: 0.3.0 never healthy, rolled back: online at {again.get('version')}")
+    vm.powerdown()
+    done = card.debugfs("ls /guetteur/updates/done")
+    if f"{good.name}.installed.json" not in done or f"{bad.name}.rolled_back.json" not in done:
+        raise Failed(f"update results on the data partition: {done[-600:]}")
+    if card.root_sha() != root_sha:
+        raise Failed("the root partition changed during the updates")
+    tl.step("boot 5: results installed / rolled_back in updates/done, root unchanged")
 
 
 def retained_status(centre: Centre) -> dict[str, Any]:
@@ -623,6 +726,8 @@ def main() -> int:
         if shutil.which(tool) is None:
             print(f"vm-test: {tool} missing: run scripts/setup-system", file=sys.stderr)
             return 2
+    # a CI timeout or Ctrl-C: QEMU, the broker and the receiver are stopped on the way out
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     return run(args)
 
 

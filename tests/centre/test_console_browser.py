@@ -16,12 +16,14 @@ import pytest
 
 from guetteur.uplink import protocol
 from guetteur.uplink.mqttutil import new_client
-from tests.centre.harness import PASSWORD, Centre
+from tests.centre.harness import PASSWORD, Centre, gateway_config
 from tests.centre.test_operations import STOP, PelcoReader
 from tests.centre.test_operations import dome as dome
 from tests.fixtures.broker import MosquittoBroker
 from tests.fixtures.browser import wait_js
+from tests.fixtures.media import MediaFactory
 from tests.fixtures.serial import PtyPair
+from tests.fixtures.signing import CentreKey
 from tests.fixtures.waiting import wait_for
 
 SHOTS = Path(__file__).resolve().parents[2] / "docs" / "console"
@@ -279,3 +281,102 @@ def test_an_operator_auditor_and_viewer_at_the_console(
     assert driver.find_element(By.CSS_SELECTOR, "#nav button[data-view=fleet]").text == "Fleet"
     driver.execute_script("document.querySelector('header .lang-switch').click()")
     assert driver.find_element(By.CSS_SELECTOR, "#nav button[data-view=fleet]").text == "Parc"
+
+
+@pytest.mark.slow
+def test_black_tiles_say_why_and_a_held_dome_names_its_holder(
+    broker: MosquittoBroker,
+    centre_server: Callable[..., Centre],
+    centre_key: CentreKey,
+    dome: tuple[PtyPair, PelcoReader],
+    browser: Callable[..., Any],
+    media: MediaFactory,
+    tmp_path: Path,
+) -> None:
+    """Bad input from the issue, each a plain sentence in the page: a camera in H.265 (which
+    Debian's Chromium cannot play through MSE), two operators pressing PTZ on one camera, and a
+    live stream that stops mid-way (the gateway goes away)."""
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select
+
+    from guetteur.runtime.gateway import Gateway
+
+    pty, _pelco = dome
+    centre = centre_server(broker)
+    cameras = [
+        {"id": "cam1", "url": WALK, "ptz": {"protocol": "pelco-d", "serial_port": pty.gateway}},
+        {"id": "hevc", "url": f"file:{media.hevc_clip()}"},
+    ]
+    # started here rather than by real_gateway: this test stops it mid-way
+    config = gateway_config(tmp_path / "gw", broker.url, cameras=cameras,
+                            commands=centre_key.commands_config())  # fmt: skip
+    gateway = Gateway(config)
+    gateway.start()
+    running = True
+    try:
+        op1 = centre.login("op1")
+        wait_for(
+            lambda: any(
+                g["state"] == "online" and len(g["cameras"]) == 2
+                for g in op1.ok("GET", "/api/gateways")["gateways"]
+            ),
+            20,
+            "the gateway and its two cameras in the fleet",
+        )
+        driver = browser()
+        login(driver, centre, "op2")
+        open_view(driver, "live")
+        Select(driver.find_element(By.ID, "wall-size")).select_by_value("2")
+        wait_js(driver, "document.querySelectorAll('#tile-0 .tile-camera option').length > 2",
+                10, "the cameras in the tile pickers")  # fmt: skip
+
+        # H.265: the tile says the browser cannot play the codec; the view is given back
+        pick = Select(driver.find_element(By.CSS_SELECTOR, "#tile-1 .tile-camera"))
+        pick.select_by_value("gw1/hevc")
+        wait_js(driver, "document.querySelector('#tile-1').dataset.state === 'unsupported'", 20,
+                "the H.265 tile's verdict")  # fmt: skip
+        assert "ne sait pas lire le codec hevc" in driver.find_element(By.ID, "tile-1").text
+        wait_for(lambda: not live_of(centre, "op2"), 10, "the refused view deleted at the server")
+
+        # two operators on one dome: op1 holds it (API), op2's pad names op1
+        op1.ok("POST", "/api/gateways/gw1/cameras/cam1/ptz", {"action": "move", "pan": 0.5})
+        pick = Select(driver.find_element(By.CSS_SELECTOR, "#tile-0 .tile-camera"))
+        pick.select_by_value("gw1/cam1")
+        assert playing(driver, "#tile-0")
+        driver.find_element(By.ID, "tile-0").click()
+        left = driver.find_element(
+            By.CSS_SELECTOR, "#ptz-pad .ptz-btn[data-pan='-1'][data-tilt='0']"
+        )
+        ActionChains(driver).click_and_hold(left).pause(0.5).release().perform()
+        status = wait_js(
+            driver,
+            "(s => s.includes('op1') && s)(document.querySelector('.ptz-status').textContent)",
+            10,
+            "the pad naming the operator who holds the dome",
+        )
+        assert status.startswith("Caméra tenue par un autre opérateur"), status
+        op1.ok("POST", "/api/gateways/gw1/cameras/cam1/ptz", {"action": "stop"})
+
+        # the stream stops mid-way: the gateway goes away while the tile plays
+        gateway.stop()
+        running = False
+        state = wait_js(
+            driver,
+            "(s => ['ended', 'stalled'].includes(s) && s)"
+            "(document.querySelector('#tile-0').dataset.state)",
+            30,
+            "the tile saying its stream stopped",
+        )
+        text = driver.find_element(By.CSS_SELECTOR, "#tile-0 .tile-msg").text
+        assert text.startswith("Direct arrêté" if state == "ended" else "Plus d'images"), text
+    finally:
+        if running:
+            gateway.stop()
+
+
+def live_of(centre: Centre, user: str) -> list[dict[str, Any]]:
+    """The live views the server relays for ``user``."""
+    server = centre.thread.server
+    assert server is not None and server.services.relay is not None
+    return [s.describe() for s in server.services.relay.sessions.values() if s.who.username == user]

@@ -8,6 +8,7 @@ blocks, as the agent's own user has none. What used to happen on it: event messa
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -17,13 +18,17 @@ from pathlib import Path
 
 import pytest
 
+from guetteur.centre.receiver.mqtt import Receiver
 from guetteur.config import RecordingConfig
 from guetteur.record import reserve
 from guetteur.record.index import SegmentIndex
 from guetteur.record.writer import Recorder
 from guetteur.uplink.outbox.store import OutboxStore
+from tests.fixtures.broker import MosquittoBroker
+from tests.fixtures.waiting import wait_for
 from tests.outbox_agent import event_item
 from tests.recording_agent import Clip, feed, load_clip, make_h264
+from tests.test_durability import count_events, read_db, start_agent
 
 MIB = 1 << 20
 
@@ -119,3 +124,64 @@ def test_recorder_starts_on_a_full_disk_and_resumes(clip: Clip, small_partition:
         ballast.unlink()
     finally:
         rec.close()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("scenario", ["limits_larger_than_disk", "fills_while_link_down"])
+def test_full_disk_every_event_once_and_the_newest_video(
+    scenario: str, broker: MosquittoBroker, small_partition: Path, tmp_path: Path
+) -> None:
+    """A real agent records (retention limits larger than the disk, 8x real time: ~2 MB/s) and
+    queues events on a 64 MiB partition. ``limits_larger_than_disk``: before, the disk filled in
+    35 s and recording and events stopped. ``fills_while_link_down``: the broker goes away, the
+    partition fills to the last byte (and stays so), the broker comes back. Either way every event
+    reaches the receiver exactly once and the newest video is still recorded."""
+    media = make_h264(tmp_path / "cam.mp4", seconds=10, gop_s=1.0, bitrate="2M")
+    out, log, total = tmp_path / "centre", tmp_path / "generated.log", 600
+    receiver = Receiver(broker.url, out, client_id="centre-rx-disk")
+    receiver.start()
+    assert receiver.wait_connected(10)
+    opts = dict(events=total, rate=20, cameras=2, clip_every=0, retry=1.5, record=media)
+    pace = 8 if scenario == "limits_larger_than_disk" else 4
+    agent = start_agent(broker.url, small_partition, log, record_pace=pace, **opts)
+    try:
+        wait_for(lambda: count_events(out) >= 40, 30, "the first events at the receiver")
+        wait_for(reserve.reserve_path(small_partition).exists, 30, "the reserve file")
+        if scenario == "fills_while_link_down":
+            time.sleep(6)  # a ring of some 20 MB to turn over in what the ballast leaves
+            broker.kill()  # the link goes down...
+            fill(small_partition)  # ...and the partition fills up meanwhile, for good
+            assert shutil.disk_usage(small_partition).free < 64 * 1024
+            time.sleep(6)
+            broker.start()
+        wait_for(
+            lambda: sum(1 for x in log.read_text().splitlines() if x.startswith("E ")) >= total,
+            total / 20 + 40,
+            "the agent to generate every event",
+        )
+        expected = {x.split()[1] for x in log.read_text().splitlines() if x.startswith("E ")}
+        wait_for(lambda: count_events(out) >= len(expected), 60, "every event at the receiver")
+        the_end = time.time()
+        time.sleep(1.0)
+    finally:
+        agent.kill()
+        stdout, stderr = agent.communicate(timeout=10)
+        print(stdout[-3000:], stderr[-5000:])  # what the agent said, shown when this fails
+        receiver.stop()
+    stored = [str(r[0]) for r in read_db(out, "SELECT item_id FROM events")]
+    assert len(stored) == len(set(stored)), "an event was stored twice"
+    assert set(stored) == expected, "events lost"
+    assert "not stored" not in stderr and "Traceback" not in stderr, stderr[-3000:]
+    states = [json.loads(x) for x in stdout.splitlines() if x.startswith('{"recording"')]
+    if scenario == "fills_while_link_down":  # said, with the reason
+        assert any(s["recording"] == "degraded" for s in states), (states, stderr[-2000:])
+    else:  # the headroom held: nothing to complain about
+        assert [s["recording"] for s in states] == ["ok"], states
+        assert "disk full" not in stderr, stderr[-3000:]
+    index = SegmentIndex.for_data_dir(small_partition)
+    try:
+        end = index.covered_until("rec1")
+        # The newest video: recorded up to a segment (2 s of stream at pace 4) before the end.
+        assert end is not None and end > the_end - 5, (end, the_end, states)
+    finally:
+        index.close()

@@ -532,6 +532,11 @@ def run(args: argparse.Namespace) -> int:
         log.error("provisioning refused: %s", exc)
         _report_on_boot(boot, report_refused(exc.code, exc.problems))
         return 2
+    except OSError as exc:  # a file that cannot be written: the technician still gets a report
+        problem = f"{exc.filename or 'a file'}: cannot write: {exc.strerror or exc}"
+        log.error("provisioning failed while writing: %s; it runs again at the next boot", problem)
+        _report_on_boot(boot, report_refused("provision.write", [problem]))
+        return 2
     probe = result.broker or BrokerProbe("not_checked", "broker not checked (--no-broker-check)")
     _report_on_boot(boot, report_applied(result.gateway_id, result.cameras, probe))
     print(

@@ -158,7 +158,9 @@ class RingPurger:
             free = shutil.disk_usage(self.index.root).free
         except OSError:
             free = 0
-        headroom = limits.headroom_bytes - self._reserve_owed()
+        # Short means the databases' room is not there; the room for the segments being
+        # written is theirs to fill meanwhile (judged on it, the status would flap).
+        headroom = self.config.headroom_bytes
         self.space = SpaceReport(free, headroom, in_place)
         if self.space.short:
             self.warn(

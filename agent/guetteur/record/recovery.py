@@ -141,25 +141,34 @@ def salvage(index: SegmentIndex, rel: str, camera: str, start: float) -> bool:
     it; True when something was kept."""
     path = index.root / rel
     probe = repair_and_probe(path)
-    try:
-        if probe is None:
-            index.unmark_writing(rel)
-            return False
-        index.add(
-            camera,
-            start,
-            start + probe.duration_s,
-            rel,
-            path.stat().st_size,
-            probe.codec,
-            probe.width,
-            probe.height,
-            probe.packets,
-        )
-    except (OSError, sqlite3.Error) as err:
-        log.error("recording %s: cannot index salvaged segment %s: %s", camera, rel, err)
-        return False
-    return True
+    for attempt in (1, 2):
+        try:
+            if probe is None:
+                index.unmark_writing(rel)
+                return False
+            index.add(
+                camera,
+                start,
+                start + probe.duration_s,
+                rel,
+                path.stat().st_size,
+                probe.codec,
+                probe.width,
+                probe.height,
+                probe.packets,
+            )
+            return True
+        except (OSError, sqlite3.Error) as err:
+            # A full disk: the databases' reserve is for this too (else an unindexed file
+            # would hold space retention cannot see until the next start).
+            if (
+                attempt == 1
+                and is_disk_full(err)
+                and reserve.release(index.root.parent, "the recordings index")
+            ):
+                continue
+            log.error("recording %s: cannot index salvaged segment %s: %s", camera, rel, err)
+    return False
 
 
 @dataclass

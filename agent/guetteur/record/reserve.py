@@ -15,6 +15,7 @@ knowing each other.
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
 import shutil
@@ -89,3 +90,18 @@ def ensure(data_dir: Path | str, size: int, keep_free: int) -> bool:
     if have == 0:
         log.info("reserve of %.1f MB set aside for the databases in %s", size / 1e6, path)
     return True
+
+
+def check_room(directory: Path, floor: int) -> None:
+    """Raise ENOSPC when the partition of ``directory`` has less than ``floor`` bytes free.
+
+    The recorder checks it before each segment and each GOP with a floor of a quarter of
+    ``recording.headroom_bytes``: when retention cannot keep the headroom (something else fills
+    the partition, or the outbox just released this reserve), recording waits rather than take
+    the bytes an undelivered event needs. A quarter: the ring must still turn over (a new segment
+    beside the newest one) in what the partition has left."""
+    free = shutil.disk_usage(directory).free
+    if free < floor:
+        raise OSError(
+            errno.ENOSPC, f"{free / 1e6:.1f} MB free, {floor / 1e6:.1f} MB kept for the databases"
+        )

@@ -28,14 +28,14 @@ from typing import Any
 import av
 
 from guetteur.config import RecordingConfig
-from guetteur.media.bitstream import CODECS, AnnexBConverter, BitstreamError, parse_extradata
+from guetteur.media.bitstream import CODECS, AnnexBConverter, BitstreamError
 from guetteur.media.types import EncodedPacket, StreamInfo
 from guetteur.record import reserve
 from guetteur.record.index import SegmentIndex
 from guetteur.record.purge import RingPurger, is_disk_full
 from guetteur.record.recovery import salvage, start_up
 from guetteur.record.retention import Pin, PurgePlan
-from guetteur.record.segment import OpenSegment
+from guetteur.record.segment import OpenSegment, annexb_converter
 from guetteur.timeutil import iso_ms
 from guetteur.uplink.protocol import valid_id
 
@@ -43,7 +43,6 @@ log = logging.getLogger(__name__)
 
 _QUEUE_MAX_BYTES = 32 << 20  # ~1 min of a 4 Mbit/s camera: absorbs a slow fsync or purge
 _IDLE_CLOSE_S = 5.0  # a camera silent this long gets its segment closed (and indexed)
-_MAX_STEP_S = 5.0  # a jump in stream or wall time larger than this starts a new segment
 _WARNING_TTL_S = 900.0
 _PURGE_INTERVAL_S = 30.0
 
@@ -304,9 +303,9 @@ class Recorder:
                 )
             self._close_segment(state)
             state.stream = pkt.stream
-            state.annexb = self._converter(pkt)
+            state.annexb = annexb_converter(pkt)
             state.need_keyframe = True
-        elif seg is not None and self._discontinuous(seg, pkt):
+        elif seg is not None and seg.discontinuous(pkt):
             log.info(
                 "recording %s: timestamps jumped, new segment at the next keyframe", pkt.camera
             )
@@ -339,25 +338,6 @@ class Recorder:
             return
         self._mux(state, pkt, data)
 
-    @staticmethod
-    def _converter(pkt: EncodedPacket) -> AnnexBConverter | None:
-        if pkt.stream.codec not in CODECS:
-            return None  # said at its first keyframe
-        try:
-            return AnnexBConverter(parse_extradata(pkt.stream.extradata, pkt.stream.codec))
-        except BitstreamError as exc:
-            log.error(
-                "not recording %s: the description of its %s stream (extradata) is unreadable: "
-                "%s; check the camera's encoder settings",
-                pkt.camera, pkt.stream.codec, exc,
-            )  # fmt: skip
-            return None
-
-    @staticmethod
-    def _discontinuous(seg: OpenSegment, pkt: EncodedPacket) -> bool:
-        step = (pkt.dts - seg.last_dts) * pkt.stream.time_base
-        return step <= 0 or step > _MAX_STEP_S or pkt.wallclock - seg.last_wall > _MAX_STEP_S
-
     def _annexb(self, state: _CameraState, pkt: EncodedPacket) -> bytes | None:
         """The packet as Annex B with parameter sets before keyframes; None when it is not the
         bitstream it claims to be: dropped, and the segment closed (the frames that follow
@@ -380,6 +360,7 @@ class Recorder:
 
     def _open_segment(self, state: _CameraState, pkt: EncodedPacket) -> bool:
         try:
+            self._check_room()
             state.segment = OpenSegment.create(self.index, pkt, self.config.write_buffer_bytes)
         except (OSError, av.error.FFmpegError, sqlite3.Error) as exc:
             self._write_failed(state, pkt.camera, exc)
@@ -387,9 +368,21 @@ class Recorder:
         state.need_keyframe = False
         return True
 
+    def _check_room(self) -> None:
+        # The databases' part of the headroom: recording waits rather than take it.
+        reserve.check_room(self.rec_dir, self.config.headroom_bytes // 4)
+
     def _mux(self, state: _CameraState, pkt: EncodedPacket, data: bytes) -> None:
         seg = state.segment
         assert seg is not None
+        if pkt.keyframe and seg.packets:  # checked once a GOP: one statvfs a second
+            try:
+                self._check_room()
+            except OSError as exc:
+                self._close_segment(state)  # what is written stays, indexed
+                state.need_keyframe = True
+                self._report_write_error(pkt.camera, exc)
+                return
         try:
             if seg.packets:
                 now = time.monotonic()
@@ -457,35 +450,21 @@ class Recorder:
         now = iso_ms(self.clock())
         why = "disk full" if is_disk_full(exc) else getattr(exc, "strerror", None) or str(exc)
         with self._cameras_lock:
-            self._failing[camera] = f"{why} since {now}"
+            again = camera in self._failing  # said once per failure streak, not every keyframe
+            self._failing.setdefault(camera, f"{why} since {now}")
         if is_disk_full(exc):
             largest = max((s.largest_segment for s in self._cameras.values()), default=0)
             self._ring_purger.need_free(max(2 * largest, 4 << 20))
-            self._warn(
-                "disk_full",
-                f"{now}: data partition of {self.rec_dir} full while recording {camera}; "
-                "oldest recordings purged, recording resumes at the next keyframe",
-            )
-            log.error(
-                "recording %s: disk full in %s; purging the oldest segments, resuming at the "
-                "next keyframe",
-                camera,
-                self.rec_dir,
-            )
             self._purge_wake.set()
+            key, what = "disk_full", f"data partition of {self.rec_dir} full"
+            then = "purging the oldest recordings, retrying at each keyframe"
         else:
-            reason = getattr(exc, "strerror", None) or str(exc)
-            self._warn(
-                f"write:{camera}",
-                f"{now}: cannot write recordings of {camera} in {self.rec_dir}: {reason}; "
-                "retrying at the next keyframe",
-            )
-            log.error(
-                "recording %s: cannot write in %s: %s; retrying at the next keyframe",
-                camera,
-                self.rec_dir,
-                reason,
-            )
+            key, what = f"write:{camera}", f"cannot write in {self.rec_dir}: {why}"
+            then = "retrying at each keyframe"
+        # A truthful sentence: the status stays degraded until a segment is written again.
+        self._warn(key, f"{now}: recording of {camera} stopped: {what}; {then}")
+        if not again:
+            log.error("recording %s stopped: %s; %s", camera, what, then)
 
     def _warn(self, key: str, message: str) -> None:
         with self._warn_lock:

@@ -19,6 +19,8 @@ function can(perm) {
 
 function showLogin(message) {
   for (const v of Object.values(VIEWS)) v.hide?.();
+  for (const section of document.querySelectorAll("main .view")) section.hidden = true;
+  for (const b of document.querySelectorAll("#nav button")) b.classList.remove("on");
   state.me = null;
   state.view = null;
   $("#app").hidden = true;

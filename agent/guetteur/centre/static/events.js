@@ -156,6 +156,13 @@ async function open(entry) {
   }
   const snap = d.snapshots[d.snapshots.length - 1];
   if (snap) parts.push(h("img", { class: "still", src: snap.url, alt: t("events.snapshot") }));
+  if (d.handled && d.handled.length) {
+    const last = d.handled[d.handled.length - 1];
+    entry.handled = last.operator;
+    draw(entry);
+    parts.push(h("ul", { class: "handled-list" }, d.handled.map((x) =>
+      h("li", {}, t("events.handled_at", { who: x.operator, time: localTime(x.time), comment: x.comment || "—" })))));
+  }
   if (ctx.can("events.handle")) {
     const comment = h("textarea", { id: "ev-comment", rows: "3", maxlength: "2000", placeholder: t("events.comment") });
     const status = h("p", { class: "muted", id: "ev-handled-status" }, entry.handled ? t("events.handled_by", { who: entry.handled }) : "");

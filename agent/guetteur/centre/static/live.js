@@ -47,6 +47,7 @@ class Tile {
     this.session = null;
     this.generation = 0; // a stale WebSocket or reply is ignored after a restart/stop
     this.pausedByTab = false;
+    this.bytes = 0; // received, for the bench
     this.video = h("video", { muted: true, autoplay: true, playsinline: true });
     this.video.muted = true;
     this.msg = h("p", { class: "tile-msg", role: "status" });
@@ -137,6 +138,7 @@ class Tile {
         return;
       }
       this.lastData = performance.now();
+      this.bytes += msg.data.byteLength;
       if (!this.ms) {
         const codec = codecString(msg.data) || (view.codec === "hevc" ? "hvc1.1.6.L93.B0" : "avc1.640028");
         const mime = `video/mp4; codecs="${codec}"`;

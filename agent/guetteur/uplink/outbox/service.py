@@ -68,6 +68,8 @@ SUBMIT_QUEUE_BYTES = 16 * 1024 * 1024
 # How long a submit waits for its item's commit before handing it over without waiting: an
 # SD card's fsync takes tens of ms; past a second the card is stalled.
 SUBMIT_WAIT_S = 1.0
+# How long a record that must be on disk before its action (audit) may wait for it.
+DURABLE_WAIT_S = 3.0
 WRITE_BATCH = 500  # items per commit
 CLOSE_WRITE_S = 5.0  # how long close() lets the writer commit what is still waiting
 DISCONNECTED_WAIT_S = 0.5
@@ -167,6 +169,29 @@ class Outbox:
         if ticket is not None:
             self._submits.wait(ticket)
 
+    def submit_durable(self, item: OutboundItem, timeout: float = DURABLE_WAIT_S) -> None:
+        """Store ``item`` and return only once it is on disk, slow disk or not (an audit record
+        before its action). Raises OutboxError when it is not on disk within ``timeout``; the
+        item is then taken back and never stored, unless a commit holding it is still under way
+        after another ``timeout`` (that commit decides; said in the error)."""
+        try:
+            ticket = self._submits.put(item)
+        except HandoffClosed as exc:
+            raise OutboxError(str(exc)) from None
+        if ticket is None:
+            raise OutboxError(f"{item.kind} {item.item_id} refused: the hand-off is full")
+        if self._submits.wait_stored(ticket, timeout):
+            return
+        withdrawn = self._submits.withdraw(ticket, timeout)
+        if withdrawn is False:
+            return  # stored while we were taking it back
+        if withdrawn:
+            raise OutboxError(f"{item.kind} not on disk within {timeout:.0f} s (disk stalled)")
+        raise OutboxError(
+            f"{item.kind} {item.item_id} not on disk within {2 * timeout:.0f} s (disk stalled); "
+            "the commit holding it is still under way and may yet store it"
+        )
+
     def submit_clip(self, clip: ClipFile) -> None:
         """Hash the clip, queue its manifest and chunks, and take the file into the outbox."""
         source = Path(clip.path)
@@ -265,28 +290,11 @@ class Outbox:
     # -- the writer thread: every commit of submits and acks -----------------------------------
 
     def _write_loop(self) -> None:
-        while True:
-            self._submits.work.wait(DISCONNECTED_WAIT_S)
-            self._submits.work.clear()  # before looking: what arrives from now on wakes us again
-            stopping = self._writer_stop.is_set()
-            try:
-                self._commit_submits()
-                self._take_acks()
-            except Exception as exc:  # the database refuses (disk full, I/O error): keep trying
-                log.error(
-                    "outbox: cannot commit to %s (%s); %d submitted item(s) wait in memory, "
-                    "retrying in %.0f s",
-                    self._store.db_path,
-                    exc,
-                    len(self._submits),
-                    ERROR_WAIT_S,
-                )
-                if self._writer_stop.wait(ERROR_WAIT_S):
-                    return
-                self._submits.work.set()
-                continue
-            if stopping:
-                return
+        self._submits.run_writer(self._write, self._writer_stop, str(self._store.db_path))
+
+    def _write(self) -> None:
+        self._commit_submits()
+        self._take_acks()
 
     def _commit_submits(self) -> None:
         while (batch := self._submits.take(WRITE_BATCH)) is not None:

@@ -21,6 +21,7 @@ import shutil
 import sqlite3
 import time
 import uuid
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, fields
@@ -69,6 +70,7 @@ CREATE TABLE IF NOT EXISTS cseq (camera TEXT PRIMARY KEY, last INTEGER NOT NULL)
 
 _T = TypeVar("_T")
 _SQLITE_FULL = 13  # "database or disk is full"
+FULL_DISK_WAIT_S = 15.0  # the recorder's urgent purge frees space within a second or two
 
 KIND_CLIP_MANIFEST = "clip_manifest"
 KIND_CLIP_CHUNK = "clip_chunk"
@@ -131,7 +133,12 @@ class OutboxStore:
         self.dropped_snapshots = 0
         self._db = self._open()
         self.epoch = self._epoch()
-        self.bytes = self._count_bytes()  # what counts against the cap: items and clip files
+        # Kept as rows come and go (recounted after a rollback), so the status never scans the
+        # queue: what counts against the cap (items and clip files), items by kind, clips.
+        self.bytes = 0
+        self.by_kind: Counter[str] = Counter()
+        self.clips = 0
+        self._recount()
         self._recover_clips()
 
     def close(self) -> None:
@@ -183,12 +190,17 @@ class OutboxStore:
         self._db.execute("INSERT INTO meta (key, value) VALUES ('epoch', ?)", (epoch,))
         return epoch
 
-    def _count_bytes(self) -> int:
+    def _recount(self) -> None:
         items = self._db.execute(
             "SELECT COALESCE(SUM(size), 0) FROM items WHERE kind != ?", (KIND_CLIP_CHUNK,)
         ).fetchone()[0]
-        clips = self._db.execute("SELECT COALESCE(SUM(size), 0) FROM clips").fetchone()[0]
-        return int(items) + int(clips)
+        clip_rows = self._db.execute("SELECT COUNT(*), COALESCE(SUM(size), 0) FROM clips")
+        clips, clip_bytes = clip_rows.fetchone()
+        self.bytes = int(items) + int(clip_bytes)
+        self.clips = int(clips)
+        self.by_kind = Counter(
+            dict(self._db.execute("SELECT kind, COUNT(*) FROM items GROUP BY kind").fetchall())
+        )
 
     def _recover_clips(self) -> None:
         """Finish a clip move cut short by a crash; forget clips whose file is gone; delete
@@ -226,6 +238,7 @@ class OutboxStore:
             self._db.execute("COMMIT")
         except BaseException:
             self._rollback()
+            self._recount()  # the counts followed changes that were not kept
             raise
 
     def _rollback(self) -> None:
@@ -236,17 +249,34 @@ class OutboxStore:
 
     def _retry_when_full(self, what: str, write: Callable[[], _T]) -> _T:
         """Run ``write``; if the disk is full, release the data partition's reserve file
-        (``record/reserve.py``) and run it once more: an event is never lost to a full disk."""
-        try:
-            return write()
-        except sqlite3.Error as exc:
-            if getattr(exc, "sqlite_errorcode", None) != _SQLITE_FULL:
-                raise
-            if not reserve.release(self.dir.parent, f"the outbox ({what})"):
-                log.error("outbox: disk full and no reserve left; %s failed: %s", what, exc)
-                raise
-        self.bytes = self._count_bytes()  # the failed attempt may have counted its rows
-        return write()
+        (``record/reserve.py``) and run it again; if something else took that space first (a
+        camera's recording), retry while the recorder's retention frees more, for at most
+        ``FULL_DISK_WAIT_S``: an event is not lost to a full disk, and nothing waits forever."""
+        deadline = time.monotonic() + FULL_DISK_WAIT_S
+        delay = 0.05
+        released = False
+        while True:
+            try:
+                return write()
+            except sqlite3.Error as exc:
+                if getattr(exc, "sqlite_errorcode", None) != _SQLITE_FULL:
+                    raise
+                self._recount()  # the failed attempt may have counted its rows
+                if not released:
+                    released = True
+                    if reserve.release(self.dir.parent, f"the outbox ({what})"):
+                        continue
+                if time.monotonic() + delay > deadline:
+                    log.error(
+                        "outbox: disk full for %.0f s; %s not stored: %s",
+                        FULL_DISK_WAIT_S,
+                        what,
+                        exc,
+                    )
+                    raise
+                log.warning("outbox: disk full; %s waits for retention to free space", what)
+                time.sleep(delay)
+                delay = min(delay * 2, 1.0)
 
     # -- queries -------------------------------------------------------------------------------
 
@@ -292,12 +322,10 @@ class OutboxStore:
         return ChunkLocation(path, n * chunk_size, min(chunk_size, size - n * chunk_size))
 
     def backlog(self) -> Backlog:
-        by_kind = dict(
-            self._db.execute("SELECT kind, COUNT(*) FROM items GROUP BY kind").fetchall()
-        )
-        clips = self._db.execute("SELECT COUNT(*) FROM clips").fetchone()[0]
-        oldest = self._db.execute("SELECT MIN(created) FROM items").fetchone()[0]
-        return Backlog(by_kind, int(clips), oldest)
+        # the first row is the oldest (rows are created in seq order): no scan of the queue
+        oldest = self._db.execute("SELECT created FROM items ORDER BY seq LIMIT 1").fetchone()
+        by_kind = {kind: n for kind, n in self.by_kind.items() if n > 0}
+        return Backlog(by_kind, self.clips, oldest[0] if oldest else None)
 
     # -- enqueueing ----------------------------------------------------------------------------
 
@@ -331,17 +359,16 @@ class OutboxStore:
         self.bytes += size
         return True
 
-    def enqueue_many(self, items: Iterable[OutboundItem]) -> int:
+    def enqueue_many(self, items: list[OutboundItem]) -> int:
         """Store ``items`` in one transaction — one fsync for the lot — and in their order;
         returns how many were queued (``enqueue`` for each). When the commit fails nothing is
-        stored and the byte count is as before, so the caller can try the same items again."""
-        before = self.bytes
-        try:
+        stored and the counts are as before, so the caller can try the same items again."""
+
+        def write() -> int:
             with self.tx():
-                return sum(1 for item in items if self.enqueue(item))
-        except BaseException:
-            self.bytes = before
-            raise
+                return sum(1 for item in items if self._enqueue(item))
+
+        return self._retry_when_full(f"{len(items)} items", write)
 
     def add_clip(
         self,
@@ -364,6 +391,7 @@ class OutboxStore:
                 "created) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 (clip.clip_id, str(target), str(source), clip.camera, size, chunk_size, count, now),
             )
+            self.clips += 1
             base_props = {"clip_id": clip.clip_id}
             if clip.event_id:
                 base_props["event_id"] = clip.event_id
@@ -415,6 +443,7 @@ class OutboxStore:
             f"INSERT INTO items ({', '.join(row)}) VALUES ({', '.join('?' * len(row))})",
             tuple(row.values()),
         )
+        self.by_kind[item.kind] += 1
 
     def _next_cseq(self, camera: str) -> int:
         row = self._db.execute(
@@ -502,6 +531,7 @@ class OutboxStore:
         self.delete_items(rest)
         if row:
             self._db.execute("DELETE FROM clips WHERE clip_id=?", (clip_id,))
+            self.clips -= 1
             self.bytes -= int(row[1])
             Path(row[0]).unlink(missing_ok=True)
             log.info("outbox: clip %s uploaded and verified by the centre", clip_id)
@@ -519,6 +549,7 @@ class OutboxStore:
             self.delete_items(ids)
             if row:
                 self._db.execute("DELETE FROM clips WHERE clip_id=?", (clip_id,))
+                self.clips -= 1
                 self.bytes -= int(row[1])
                 Path(row[0]).unlink(missing_ok=True)
                 self.dropped_clips += 1
@@ -540,6 +571,7 @@ class OutboxStore:
                     self._db.execute(f"DELETE FROM items WHERE item_id IN ({marks})", part)
                 for item_id, kind, size, clip_id in rows:
                     found.append((item_id, kind, clip_id))
+                    self.by_kind[kind] -= 1
                     if kind != KIND_CLIP_CHUNK:
                         self.bytes -= int(size)
                     self._on_removed(item_id)
