@@ -282,7 +282,9 @@ def test_a_real_agent_splits_endless_motion_into_parts_each_with_its_clip(
         receiver.stop()
     for end in split:
         took = parse_iso(end["end"]) - parse_iso(end["start"])
-        assert 2.9 <= took < 4.0, end  # the cap (stream time; wall times to the ms)
+        # the cap, then the next analysed motion frame (analysis may drop frames under load;
+        # a part lasts at most max_duration_s + end_quiet_s); wall times to the ms
+        assert 2.9 <= took <= 3.0 + config.events.end_quiet_s, end
     assert linked[0]["part"] >= 2
 
 

@@ -206,7 +206,11 @@ class EventClipper:
                 due = self._due()
             except Exception:
                 log.exception("event clips: the segment index cannot be read; retrying")
-                due = []
+                with self._cv:
+                    if self._stopping:
+                        return  # the jobs stay owed: the next start cuts them
+                    self._cv.wait(RETRY_S)
+                continue
             for job in due:
                 with self._cv:
                     if time.monotonic() >= self._deadline:
