@@ -265,6 +265,28 @@ def test_an_operator_auditor_and_viewer_at_the_console(
     assert rows[0]["operator"] == "op1" and rows[0]["detail"]["comment"] == "Patrouille prévenue"
     logout(driver)
 
+    # -- a supervisor: a camera's timeline and the police extraction form -----------------------
+    login(driver, centre, "sup1")
+    assert nav_shown(driver) == ["fleet", "events", "live", "recordings"]
+    open_view(driver, "recordings")
+    wait_js(driver, "document.querySelectorAll('#rec-camera option').length === 2", 10,
+            "the cameras to pick from")  # fmt: skip
+    driver.find_element(By.ID, "rec-show").click()
+    wait_js(driver, "document.querySelectorAll('#rec-timeline .bar .ev').length > 0", 10,
+            "the events on the camera's timeline")  # fmt: skip
+    form = driver.find_element(By.ID, "extraction")
+    form.find_element(By.NAME, "requisition").send_keys("PV 2026/1234")
+    form.find_element(By.NAME, "officer").send_keys("OPJ Martin")
+    form.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
+    answer = wait_js(driver, "document.querySelector('#extraction .ex-status').textContent", 30,
+                     "the extraction's answer")  # fmt: skip
+    assert answer.startswith("Extraction ext-"), answer
+    asked = centre.login("aud1").ok("GET", "/api/register", action="export.request")["rows"]
+    assert [(r["operator"], r["camera"], r["detail"]["requisition"]) for r in asked] == [
+        ("sup1", "cam1", "PV 2026/1234")
+    ]
+    logout(driver)
+
     # -- a viewer: no live view, no PTZ pad; the API refuses both anyway ------------------------
     login(driver, centre, "view1")
     assert nav_shown(driver) == ["fleet", "events", "recordings"]

@@ -10,7 +10,7 @@ let ctx = null;
 
 function localInput(date) {
   const off = date.getTimezoneOffset() * 60000;
-  return new Date(date.getTime() - off).toISOString().slice(0, 16);
+  return new Date(date.getTime() - off).toISOString().slice(0, 19);
 }
 
 function range() {
@@ -67,7 +67,7 @@ function extractionForm() {
     try {
       const r = await api("POST", "/api/exports", { gateway, camera, from: since, to: until,
         requisition: form.requisition.value, officer: form.officer.value });
-      out.textContent = t("rec.extraction_sent", { id: r.extraction.id });
+      out.textContent = t("rec.extraction_sent", { id: r.extraction.id, state: r.extraction.state });
       listExtractions();
     } catch (err) {
       out.textContent = err.message;
@@ -90,8 +90,9 @@ async function listExtractions() {
 export async function show(context) {
   ctx = context;
   const now = new Date();
-  if (!$("#rec-since").value) $("#rec-since").value = localInput(new Date(now - 3600e3));
-  if (!$("#rec-until").value) $("#rec-until").value = localInput(new Date(now.getTime() + 60e3));
+  // the last ten minutes up to now (an extraction may not reach into the future)
+  if (!$("#rec-since").value) $("#rec-since").value = localInput(new Date(now - 600e3));
+  if (!$("#rec-until").value) $("#rec-until").value = localInput(now);
   $("#rec-show").onclick = showTimeline;
   try {
     const list = await cameras();
