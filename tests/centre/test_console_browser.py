@@ -184,6 +184,23 @@ def test_an_operator_auditor_and_viewer_at_the_console(
     )
     shot(driver, "events.png")
 
+    # an event whose clip has arrived: a click plays it in the page
+    def with_clip() -> str | None:
+        for ev in op.ok("GET", "/api/events", type="end")["events"]:
+            if (op.ok("GET", f"/api/events/gw1/{ev['event_id']}")["clip"] or {}).get("url"):
+                return str(ev["event_id"])
+        return None
+
+    event_id = wait_for(with_clip, 60, "an event clip at the centre")
+    driver.execute_script("document.querySelector('#ev-apply').click()")  # reload the list
+    wait_js(driver, f"document.querySelector('#ev-list [data-key=\"gw1/{event_id}\"]')", 10,
+            "the event with its clip in the list")  # fmt: skip
+    driver.execute_script(
+        f"document.querySelector('#ev-list [data-key=\"gw1/{event_id}\"]').click()"
+    )
+    wait_js(driver, "(v => v && v.currentTime > 0.5)(document.querySelector('#ev-clip'))", 20,
+            "the event's clip playing in the page")  # fmt: skip
+
     open_view(driver, "live")
     Select(driver.find_element(By.ID, "wall-size")).select_by_value("2")
     wait_js(driver, "document.querySelectorAll('#wall .tile').length === 4", 5, "a 2x2 wall")
@@ -256,9 +273,9 @@ def test_an_operator_auditor_and_viewer_at_the_console(
     form.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
     text = wait_js(
         driver,
-        "(t => t.includes('ptz.session.start') && t.includes('cmd.live.start') && t.includes('event.handled') && t)(document.querySelector('#reg-rows').textContent)",
+        "(t => t.includes('ptz.session.start') && t.includes('cmd.live.start') && t.includes('event.handled') && t.includes('clip.view') && t)(document.querySelector('#reg-rows').textContent)",
         10,
-        "the operator's live views, PTZ session and handled event in the register",
+        "the operator's live views, PTZ session, handled event and clip viewing in the register",
     )
     assert "op1" in text
     rows = centre.login("aud1").ok("GET", "/api/register", action="event.handled")["rows"]
