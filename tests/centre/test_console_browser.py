@@ -104,12 +104,12 @@ def playing(driver: Any, tile: str) -> bool:
     return True
 
 
-def ghost_offline(broker: MosquittoBroker) -> None:
-    """A gateway the centre knows, now offline (its retained status)."""
+def ghost_gateway(broker: MosquittoBroker, state: str) -> None:
+    """A gateway the centre knows by its retained status, and that never answers a command."""
     ghost = new_client("ghost-gw")
     ghost.connect(broker.host, broker.port)
     ghost.loop_start()
-    body = protocol.dumps({"state": "offline", "gateway": "ghost", "reason": "power cut"})
+    body = protocol.dumps({"state": state, "gateway": "ghost", "reason": "power cut"})
     ghost.publish(f"{protocol.DEFAULT_ROOT}/ghost/status", body, 1, True).wait_for_publish(5)
     ghost.disconnect()
     ghost.loop_stop()
@@ -134,7 +134,7 @@ def test_an_operator_auditor_and_viewer_at_the_console(
         {"id": "cam2", "url": WALK + "&seed=7"},
     ]
     real_gateway(broker, cameras=cameras, live={"min_lease_s": 1.0, "max_sessions_per_operator": 4})
-    ghost_offline(broker)
+    ghost_gateway(broker, "offline")
     op = centre.login("op1")
     wait_for(
         lambda: (
@@ -333,8 +333,9 @@ def test_black_tiles_say_why_and_a_held_dome_names_its_holder(
     tmp_path: Path,
 ) -> None:
     """Bad input from the issue, each a plain sentence in the page: a camera in H.265 (which
-    Debian's Chromium cannot play through MSE), two operators pressing PTZ on one camera, and a
-    live stream that stops mid-way (the gateway goes away)."""
+    Debian's Chromium cannot play through MSE), a gateway that never answers, two operators
+    pressing PTZ on one camera, the limit of live views, and a live stream that stops mid-way
+    (the gateway goes away)."""
     from selenium.webdriver.common.action_chains import ActionChains
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import Select
@@ -342,7 +343,8 @@ def test_black_tiles_say_why_and_a_held_dome_names_its_holder(
     from guetteur.runtime.gateway import Gateway
 
     pty, _pelco = dome
-    centre = centre_server(broker)
+    centre = centre_server(broker, commands={"timeout_s": 1.5}, live={"max_sessions": 1})
+    ghost_gateway(broker, "online")
     cameras = [
         {"id": "cam1", "url": WALK, "ptz": {"protocol": "pelco-d", "serial_port": pty.gateway}},
         {"id": "hevc", "url": f"file:{media.hevc_clip()}"},
@@ -378,6 +380,12 @@ def test_black_tiles_say_why_and_a_held_dome_names_its_holder(
         assert "ne sait pas lire le codec hevc" in driver.find_element(By.ID, "tile-1").text
         wait_for(lambda: not live_of(centre, "op2"), 10, "the refused view deleted at the server")
 
+        # a gateway that says it is online and never answers
+        driver.execute_script("window.guetteurLive.play(2, 'ghost', 'c1')")
+        wait_js(driver, "document.querySelector('#tile-2').dataset.state === 'refused'", 10,
+                "the silent gateway's tile")  # fmt: skip
+        assert "La passerelle ne répond pas" in driver.find_element(By.ID, "tile-2").text
+
         # two operators on one dome: op1 holds it (API), op2's pad names op1
         op1.ok("POST", "/api/gateways/gw1/cameras/cam1/ptz", {"action": "move", "pan": 0.5})
         pick = Select(driver.find_element(By.CSS_SELECTOR, "#tile-0 .tile-camera"))
@@ -396,6 +404,12 @@ def test_black_tiles_say_why_and_a_held_dome_names_its_holder(
         )
         assert status.startswith("Caméra tenue par un autre opérateur"), status
         op1.ok("POST", "/api/gateways/gw1/cameras/cam1/ptz", {"action": "stop"})
+
+        # the server's limit of live views (1 here) reached: the tile says so
+        driver.execute_script("window.guetteurLive.play(3, 'gw1', 'cam1')")
+        wait_js(driver, "document.querySelector('#tile-3').dataset.state === 'refused'", 10,
+                "the tile past the limit")  # fmt: skip
+        assert "Limite de vues en direct atteinte" in driver.find_element(By.ID, "tile-3").text
 
         # the stream stops mid-way: the gateway goes away while the tile plays
         gateway.stop()
