@@ -315,6 +315,15 @@ def test_an_operator_auditor_and_viewer_at_the_console(
         "forbidden",
     )
     assert viewer.error("POST", "/api/live", {"gateway": "gw1", "camera": "cam1"})[0] == 403
+    # keyboard: 2 the events, 1 the fleet, L the language
+    body = driver.find_element(By.TAG_NAME, "body")
+    body.send_keys("2")
+    wait_js(driver, "!document.querySelector('#view-events').hidden", 5, "the events by key 2")
+    body.send_keys("1")
+    wait_js(driver, "!document.querySelector('#view-fleet').hidden", 5, "the fleet by key 1")
+    body.send_keys("l")
+    wait_js(driver, "document.documentElement.lang === 'en'", 5, "English by key L")
+    body.send_keys("l")
     # the language switch: English labels, then back to French (the default)
     driver.execute_script("document.querySelector('header .lang-switch').click()")
     assert driver.find_element(By.CSS_SELECTOR, "#nav button[data-view=fleet]").text == "Fleet"
