@@ -302,6 +302,19 @@ def test_an_operator_auditor_and_viewer_at_the_console(
     assert [(r["operator"], r["camera"], r["detail"]["requisition"]) for r in asked] == [
         ("sup1", "cam1", "PV 2026/1234")
     ]
+    # playback of the range from the gateway's recording (supervisors: gateways run exports for
+    # that role only); an operator is refused by the API
+    driver.find_element(By.ID, "rec-play").click()
+    wait_js(driver, "(v => v && v.currentTime > 0.5)(document.querySelector('#rec-video'))", 60,
+            "the range cut by the gateway playing in the page")  # fmt: skip
+    body = {"gateway": "gw1", "camera": "cam1", "from": "2026-01-01T00:00:00Z",
+            "to": "2026-01-01T00:01:00Z"}  # fmt: skip
+    assert op.error("POST", "/api/playback", body) == (403, "forbidden")
+    exports = centre.login("aud1").ok("GET", "/api/register", action="cmd.export")["rows"]
+    asked_by = [
+        r["operator"] for r in exports if (r["source"], r["action"]) == ("centre", "cmd.export")
+    ]
+    assert asked_by == ["sup1", "sup1"]  # the extraction, then the playback
     logout(driver)
 
     # -- a viewer: no live view, no PTZ pad; the API refuses both anyway ------------------------
