@@ -87,6 +87,7 @@ def record(media: Path, data: Path, pace: float, stop: threading.Event) -> None:
     recorder = Recorder(config, data)
     wall0 = time.time()
     started = time.monotonic()
+    print(json.dumps({"record_wall0": wall0, "pace": pace}), flush=True)
     state = None
     for pkt in feed(clip, "rec1", wall0):
         if stop.is_set():

@@ -181,7 +181,10 @@ def test_gateway_starts_on_a_full_disk_and_says_degraded(small_partition: Path) 
         gateway.recorder.purge_now()
         status = validate_payload("gateway-status", protocol.dumps(gateway.status_message()))
         assert status["state"] == "degraded"
-        assert "short of space" in status["reason"], status
+        reason = status["reason"]  # for the operator: French first, then English
+        assert reason.index("presque pleine") < reason.index(" / ") < reason.index("short of"), (
+            status
+        )
         assert "recording degraded" in gateway.summary()
         ballast.unlink()
         gateway.recorder.purge_now()

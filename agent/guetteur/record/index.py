@@ -300,13 +300,24 @@ class SegmentIndex:
         return [Pin(r[0], r[1], float(r[2]), float(r[3])) for r in rows]
 
     def newest_ids(self) -> set[int]:
-        """The id of each camera's newest segment (retention always keeps them)."""
+        """The id of each camera's newest segment (retention always keeps them). Asked at every
+        retention pass: camera by camera through the (camera, end) index, a few lookups instead
+        of a scan of a month of segments (a GROUP BY took 1 s on a million rows)."""
+        ids: set[int] = set()
+        camera = ""
         with self._lock:
-            # SQLite: with MAX(), the bare column comes from the row holding the maximum.
-            rows = self._db.execute(
-                "SELECT MAX(start), id FROM segments GROUP BY camera"
-            ).fetchall()
-        return {int(r[1]) for r in rows}
+            while True:
+                found = self._db.execute(
+                    "SELECT camera FROM segments WHERE camera > ? ORDER BY camera LIMIT 1",
+                    (camera,),
+                ).fetchone()
+                if found is None:
+                    return ids
+                camera = found[0]
+                row = self._db.execute(
+                    "SELECT id FROM segments WHERE camera = ? ORDER BY end DESC LIMIT 1", (camera,)
+                ).fetchone()
+                ids.add(int(row[0]))
 
     def close_open_pins(self, max_span_s: float) -> list[Pin]:
         """Give the pins a crash left open (no end: their event never ended) an end: what the

@@ -128,19 +128,28 @@ class RingPurger:
             pin_max_s=cfg.pin_max_s,
         )
 
-    def space_reasons(self) -> list[str]:
-        """Why the last pass leaves the recording degraded, for the status (empty: it does not)."""
+    def space_reasons(self) -> list[tuple[str, str]]:
+        """Why the last pass leaves the recording degraded, for the status, in French and in
+        English (empty: it does not)."""
         space = self.space
         if space is None:
             return []
         reasons = []
         if space.short:
+            free, needed = f"{space.free_bytes / 1e6:.1f}", f"{space.headroom_bytes / 1e6:.1f}"
             reasons.append(
-                f"data partition short of space ({space.free_bytes / 1e6:.1f} MB free, "
-                f"{space.headroom_bytes / 1e6:.1f} MB needed)"
+                (
+                    f"partition de données presque pleine ({free} Mo libres, {needed} Mo requis)",
+                    f"data partition short of space ({free} MB free, {needed} MB needed)",
+                )
             )
         if not space.reserve_in_place and self.config.reserve_file_bytes:
-            reasons.append("the databases' disk reserve is in use")
+            reasons.append(
+                (
+                    "réserve disque des bases de données utilisée",
+                    "the databases' disk reserve is in use",
+                )
+            )
         return reasons
 
     def _reserve_owed(self) -> int:

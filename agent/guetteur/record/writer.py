@@ -119,7 +119,8 @@ class Recorder:
         self._cv = threading.Condition()
         self._closing = False
         self._busy = False  # the writer holds a batch taken from the queue
-        self._failing: dict[str, str] = {}  # camera → why its last write failed (writer thread)
+        # camera → why its writes fail (French, English); cleared when a segment is written
+        self._failing: dict[str, tuple[str, str]] = {}
         self._indexed = threading.Condition()
         self._purge_wake = threading.Event()
         self._purge_interval = purge_interval_s
@@ -176,12 +177,18 @@ class Recorder:
 
     def degraded_reason(self) -> str | None:
         """Why recording is degraded (some camera cannot write, the partition is short of space,
-        the databases' reserve is in use), or None. Cheap: no index query."""
+        the databases' reserve is in use), French first then English, or None. Cheap: no index
+        query."""
         with self._cameras_lock:
             failing = sorted(self._failing.items())
-        reasons = [f"recording of {cam} stopped: {why}" for cam, why in failing]
+        reasons = [
+            (f"enregistrement de {cam} arrêté : {fr}", f"recording of {cam} stopped: {en}")
+            for cam, (fr, en) in failing
+        ]
         reasons += self._ring_purger.space_reasons()
-        return "; ".join(reasons) if reasons else None
+        if not reasons:
+            return None
+        return "; ".join(fr for fr, _ in reasons) + " / " + "; ".join(en for _, en in reasons)
 
     def status(self) -> dict[str, Any]:
         """The recording part of the gateway status: ``state`` is ``degraded`` with a ``reason``
@@ -449,9 +456,10 @@ class Recorder:
     def _report_write_error(self, camera: str, exc: BaseException) -> None:
         now = iso_ms(self.clock())
         why = "disk full" if is_disk_full(exc) else getattr(exc, "strerror", None) or str(exc)
+        pourquoi = "disque plein" if is_disk_full(exc) else why
         with self._cameras_lock:
             again = camera in self._failing  # said once per failure streak, not every keyframe
-            self._failing.setdefault(camera, f"{why} since {now}")
+            self._failing.setdefault(camera, (f"{pourquoi} depuis {now}", f"{why} since {now}"))
         if is_disk_full(exc):
             largest = max((s.largest_segment for s in self._cameras.values()), default=0)
             self._ring_purger.need_free(max(2 * largest, 4 << 20))
