@@ -18,6 +18,7 @@ from guetteur.record.index import SegmentIndex, parse_segment_name, segment_name
 from guetteur.record.recovery import reconcile
 from guetteur.record.retention import DAY_S
 from guetteur.record.writer import Recorder
+from tests.fixtures.disk import fill
 from tests.recording_agent import Clip, decode_strict, feed, load_clip, make_h264
 
 
@@ -304,19 +305,6 @@ def tiny_partition(tmp_path: Path):  # type: ignore[no-untyped-def]
         yield mnt
     finally:
         subprocess.run(["umount", "-l", str(mnt)], check=False)
-
-
-def fill(directory: Path, name: str = "ballast") -> Path:
-    """Fill the partition of ``directory`` to the last block, as another writer would."""
-    ballast = directory / name
-    with open(ballast, "wb") as f:
-        try:
-            while True:
-                f.write(b"\0" * (1 << 16))
-                f.flush()
-        except OSError:
-            pass
-    return ballast
 
 
 @pytest.mark.slow

@@ -104,12 +104,12 @@ def playing(driver: Any, tile: str) -> bool:
     return True
 
 
-def ghost_offline(broker: MosquittoBroker) -> None:
-    """A gateway the centre knows, now offline (its retained status)."""
+def ghost_gateway(broker: MosquittoBroker, state: str) -> None:
+    """A gateway the centre knows by its retained status, and that never answers a command."""
     ghost = new_client("ghost-gw")
     ghost.connect(broker.host, broker.port)
     ghost.loop_start()
-    body = protocol.dumps({"state": "offline", "gateway": "ghost", "reason": "power cut"})
+    body = protocol.dumps({"state": state, "gateway": "ghost", "reason": "power cut"})
     ghost.publish(f"{protocol.DEFAULT_ROOT}/ghost/status", body, 1, True).wait_for_publish(5)
     ghost.disconnect()
     ghost.loop_stop()
@@ -134,7 +134,7 @@ def test_an_operator_auditor_and_viewer_at_the_console(
         {"id": "cam2", "url": WALK + "&seed=7"},
     ]
     real_gateway(broker, cameras=cameras, live={"min_lease_s": 1.0, "max_sessions_per_operator": 4})
-    ghost_offline(broker)
+    ghost_gateway(broker, "offline")
     op = centre.login("op1")
     wait_for(
         lambda: (
@@ -183,6 +183,23 @@ def test_an_operator_auditor_and_viewer_at_the_console(
         "the event marked as handled",
     )
     shot(driver, "events.png")
+
+    # an event whose clip has arrived: a click plays it in the page
+    def with_clip() -> str | None:
+        for ev in op.ok("GET", "/api/events", type="end")["events"]:
+            if (op.ok("GET", f"/api/events/gw1/{ev['event_id']}")["clip"] or {}).get("url"):
+                return str(ev["event_id"])
+        return None
+
+    event_id = wait_for(with_clip, 60, "an event clip at the centre")
+    driver.execute_script("document.querySelector('#ev-apply').click()")  # reload the list
+    wait_js(driver, f"document.querySelector('#ev-list [data-key=\"gw1/{event_id}\"]')", 10,
+            "the event with its clip in the list")  # fmt: skip
+    driver.execute_script(
+        f"document.querySelector('#ev-list [data-key=\"gw1/{event_id}\"]').click()"
+    )
+    wait_js(driver, "(v => v && v.currentTime > 0.5)(document.querySelector('#ev-clip'))", 20,
+            "the event's clip playing in the page")  # fmt: skip
 
     open_view(driver, "live")
     Select(driver.find_element(By.ID, "wall-size")).select_by_value("2")
@@ -256,13 +273,48 @@ def test_an_operator_auditor_and_viewer_at_the_console(
     form.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
     text = wait_js(
         driver,
-        "(t => t.includes('ptz.session.start') && t.includes('cmd.live.start') && t.includes('event.handled') && t)(document.querySelector('#reg-rows').textContent)",
+        "(t => t.includes('ptz.session.start') && t.includes('cmd.live.start') && t.includes('event.handled') && t.includes('clip.view') && t)(document.querySelector('#reg-rows').textContent)",
         10,
-        "the operator's live views, PTZ session and handled event in the register",
+        "the operator's live views, PTZ session, handled event and clip viewing in the register",
     )
     assert "op1" in text
     rows = centre.login("aud1").ok("GET", "/api/register", action="event.handled")["rows"]
     assert rows[0]["operator"] == "op1" and rows[0]["detail"]["comment"] == "Patrouille prévenue"
+    logout(driver)
+
+    # -- a supervisor: a camera's timeline and the police extraction form -----------------------
+    login(driver, centre, "sup1")
+    assert nav_shown(driver) == ["fleet", "events", "live", "recordings"]
+    open_view(driver, "recordings")
+    wait_js(driver, "document.querySelectorAll('#rec-camera option').length === 2", 10,
+            "the cameras to pick from")  # fmt: skip
+    driver.find_element(By.ID, "rec-show").click()
+    wait_js(driver, "document.querySelectorAll('#rec-timeline .bar .ev').length > 0", 10,
+            "the events on the camera's timeline")  # fmt: skip
+    form = driver.find_element(By.ID, "extraction")
+    form.find_element(By.NAME, "requisition").send_keys("PV 2026/1234")
+    form.find_element(By.NAME, "officer").send_keys("OPJ Martin")
+    form.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
+    answer = wait_js(driver, "document.querySelector('#extraction .ex-status').textContent", 30,
+                     "the extraction's answer")  # fmt: skip
+    assert answer.startswith("Extraction ext-"), answer
+    asked = centre.login("aud1").ok("GET", "/api/register", action="export.request")["rows"]
+    assert [(r["operator"], r["camera"], r["detail"]["requisition"]) for r in asked] == [
+        ("sup1", "cam1", "PV 2026/1234")
+    ]
+    # playback of the range from the gateway's recording (supervisors: gateways run exports for
+    # that role only); an operator is refused by the API
+    driver.find_element(By.ID, "rec-play").click()
+    wait_js(driver, "(v => v && v.currentTime > 0.5)(document.querySelector('#rec-video'))", 60,
+            "the range cut by the gateway playing in the page")  # fmt: skip
+    body = {"gateway": "gw1", "camera": "cam1", "from": "2026-01-01T00:00:00Z",
+            "to": "2026-01-01T00:01:00Z"}  # fmt: skip
+    assert op.error("POST", "/api/playback", body) == (403, "forbidden")
+    exports = centre.login("aud1").ok("GET", "/api/register", action="cmd.export")["rows"]
+    asked_by = [
+        r["operator"] for r in exports if (r["source"], r["action"]) == ("centre", "cmd.export")
+    ]
+    assert asked_by == ["sup1", "sup1"]  # the extraction, then the playback
     logout(driver)
 
     # -- a viewer: no live view, no PTZ pad; the API refuses both anyway ------------------------
@@ -276,6 +328,15 @@ def test_an_operator_auditor_and_viewer_at_the_console(
         "forbidden",
     )
     assert viewer.error("POST", "/api/live", {"gateway": "gw1", "camera": "cam1"})[0] == 403
+    # keyboard: 2 the events, 1 the fleet, L the language
+    body = driver.find_element(By.TAG_NAME, "body")
+    body.send_keys("2")
+    wait_js(driver, "!document.querySelector('#view-events').hidden", 5, "the events by key 2")
+    body.send_keys("1")
+    wait_js(driver, "!document.querySelector('#view-fleet').hidden", 5, "the fleet by key 1")
+    body.send_keys("l")
+    wait_js(driver, "document.documentElement.lang === 'en'", 5, "English by key L")
+    body.send_keys("l")
     # the language switch: English labels, then back to French (the default)
     driver.execute_script("document.querySelector('header .lang-switch').click()")
     assert driver.find_element(By.CSS_SELECTOR, "#nav button[data-view=fleet]").text == "Fleet"
@@ -294,8 +355,9 @@ def test_black_tiles_say_why_and_a_held_dome_names_its_holder(
     tmp_path: Path,
 ) -> None:
     """Bad input from the issue, each a plain sentence in the page: a camera in H.265 (which
-    Debian's Chromium cannot play through MSE), two operators pressing PTZ on one camera, and a
-    live stream that stops mid-way (the gateway goes away)."""
+    Debian's Chromium cannot play through MSE), a gateway that never answers, two operators
+    pressing PTZ on one camera, the limit of live views, and a live stream that stops mid-way
+    (the gateway goes away)."""
     from selenium.webdriver.common.action_chains import ActionChains
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import Select
@@ -303,7 +365,8 @@ def test_black_tiles_say_why_and_a_held_dome_names_its_holder(
     from guetteur.runtime.gateway import Gateway
 
     pty, _pelco = dome
-    centre = centre_server(broker)
+    centre = centre_server(broker, commands={"timeout_s": 1.5}, live={"max_sessions": 1})
+    ghost_gateway(broker, "online")
     cameras = [
         {"id": "cam1", "url": WALK, "ptz": {"protocol": "pelco-d", "serial_port": pty.gateway}},
         {"id": "hevc", "url": f"file:{media.hevc_clip()}"},
@@ -339,6 +402,12 @@ def test_black_tiles_say_why_and_a_held_dome_names_its_holder(
         assert "ne sait pas lire le codec hevc" in driver.find_element(By.ID, "tile-1").text
         wait_for(lambda: not live_of(centre, "op2"), 10, "the refused view deleted at the server")
 
+        # a gateway that says it is online and never answers
+        driver.execute_script("window.guetteurLive.play(2, 'ghost', 'c1')")
+        wait_js(driver, "document.querySelector('#tile-2').dataset.state === 'refused'", 10,
+                "the silent gateway's tile")  # fmt: skip
+        assert "La passerelle ne répond pas" in driver.find_element(By.ID, "tile-2").text
+
         # two operators on one dome: op1 holds it (API), op2's pad names op1
         op1.ok("POST", "/api/gateways/gw1/cameras/cam1/ptz", {"action": "move", "pan": 0.5})
         pick = Select(driver.find_element(By.CSS_SELECTOR, "#tile-0 .tile-camera"))
@@ -357,6 +426,12 @@ def test_black_tiles_say_why_and_a_held_dome_names_its_holder(
         )
         assert status.startswith("Caméra tenue par un autre opérateur"), status
         op1.ok("POST", "/api/gateways/gw1/cameras/cam1/ptz", {"action": "stop"})
+
+        # the server's limit of live views (1 here) reached: the tile says so
+        driver.execute_script("window.guetteurLive.play(3, 'gw1', 'cam1')")
+        wait_js(driver, "document.querySelector('#tile-3').dataset.state === 'refused'", 10,
+                "the tile past the limit")  # fmt: skip
+        assert "Limite de vues en direct atteinte" in driver.find_element(By.ID, "tile-3").text
 
         # the stream stops mid-way: the gateway goes away while the tile plays
         gateway.stop()

@@ -9,11 +9,8 @@ blocks, as the agent's own user has none. What used to happen on it: event messa
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -25,50 +22,13 @@ from guetteur.record.index import SegmentIndex
 from guetteur.record.writer import Recorder
 from guetteur.uplink.outbox.store import OutboxStore
 from tests.fixtures.broker import MosquittoBroker
+from tests.fixtures.disk import MIB, fill, small_partition
 from tests.fixtures.waiting import wait_for
 from tests.outbox_agent import event_item
 from tests.recording_agent import Clip, feed, load_clip, make_h264
 from tests.test_durability import count_events, read_db, start_agent
 
-MIB = 1 << 20
-
-
-@pytest.fixture
-def small_partition(tmp_path: Path) -> Iterator[Path]:
-    """A 64 MiB ext4 filesystem, loop-mounted, unmounted and deleted afterwards."""
-    if os.geteuid() != 0:
-        pytest.skip("a loop mount needs root")
-    if shutil.which("mkfs.ext4") is None:
-        pytest.skip("mkfs.ext4 is not installed (e2fsprogs)")
-    image, mnt = tmp_path / "data.img", tmp_path / "data"
-    mnt.mkdir()
-    with open(image, "wb") as f:
-        f.truncate(64 * MIB)
-    subprocess.run(["mkfs.ext4", "-q", "-F", "-m", "0", str(image)], check=True)
-    done = subprocess.run(["mount", "-o", "loop", str(image), str(mnt)], capture_output=True)
-    if done.returncode != 0:
-        pytest.skip(f"loop mounts are not possible here: {done.stderr.decode().strip()}")
-    try:
-        yield mnt
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], check=False)
-        image.unlink(missing_ok=True)
-
-
-def fill(directory: Path) -> Path:
-    """Fill the partition of ``directory`` to the last block, as a runaway log would."""
-    ballast = directory / "ballast"
-    fd = os.open(ballast, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-    try:
-        chunk = 1 << 20
-        while chunk:  # smaller and smaller writes until not one more byte fits
-            try:
-                os.write(fd, b"\0" * chunk)
-            except OSError:
-                chunk //= 2
-    finally:
-        os.close(fd)
-    return ballast
+__all__ = ["small_partition"]  # the fixture, used by name
 
 
 @pytest.fixture(scope="module")
@@ -185,3 +145,47 @@ def test_full_disk_every_event_once_and_the_newest_video(
         assert end is not None and end > the_end - 5, (end, the_end, states)
     finally:
         index.close()
+
+
+def test_gateway_starts_on_a_full_disk_and_says_degraded(small_partition: Path) -> None:
+    """The whole gateway (recorder, outbox, audit) starts on a partition filled to the last byte,
+    and its status says ``degraded`` with the reason, not ``online`` with a warning; once space
+    is freed it says ``online`` again."""
+    from guetteur.config import validate_config
+    from guetteur.runtime.gateway import Gateway
+    from guetteur.uplink import protocol
+    from tests.contract import validate_payload
+
+    data = small_partition / "gw"
+    config = validate_config(
+        {
+            "gateway_id": "gw-full",
+            "data_dir": str(data),
+            "mqtt": {"url": "mqtt://127.0.0.1:1"},  # never connected: nothing is started
+            "cameras": [{"id": "street", "url": "test:quiet"}],
+        }
+    )
+    first = Gateway(config)  # a first run: databases and the reserve file in place
+    assert first.outbox is not None
+    first.outbox.submit(event_item("gw-full", "street", 1))  # undelivered: the link never came
+    first.stop()
+    assert reserve.reserve_path(data).exists()
+    ballast = fill(small_partition)
+    gateway = Gateway(config)  # before: traceback in reconcile -> clear_writing
+    try:
+        assert gateway.recorder is not None and gateway.outbox is not None
+        # The undelivered event is still there (before: the database, unopenable on a full
+        # disk, was moved aside as corrupt, its items lost).
+        assert gateway.outbox.depth()["events"] == 1
+        assert not list((data / "outbox").glob("*corrupt*"))
+        gateway.recorder.purge_now()
+        status = validate_payload("gateway-status", protocol.dumps(gateway.status_message()))
+        assert status["state"] == "degraded"
+        assert "short of space" in status["reason"], status
+        assert "recording degraded" in gateway.summary()
+        ballast.unlink()
+        gateway.recorder.purge_now()
+        status = validate_payload("gateway-status", protocol.dumps(gateway.status_message()))
+        assert status["state"] == "online" and "reason" not in status, status
+    finally:
+        gateway.stop()

@@ -5,7 +5,11 @@ an interruption can leave the file that was being written (cut anywhere, maybe w
 tail) and, with ``synchronous=NORMAL``, a closed file whose index insert was lost. ``reconcile``
 (at start-up) cuts such files back to their last whole video packet (``repair_and_probe``) and
 indexes them, and forgets index rows whose file is gone. MPEG-TS makes that possible: a file cut
-anywhere is still playable up to its last whole packet (see docs/recording.md).
+anywhere is still playable up to its last whole packet (see docs/recording.md); the recorder
+flushes the open file at every keyframe, so what is cut off is at most the last GOP.
+
+``start_up`` is reconcile as the recorder runs it: it survives a full disk (the reserve file,
+``record/reserve.py``, then a retention pass) and closes the pins a crash left open.
 """
 
 from __future__ import annotations

@@ -1,5 +1,7 @@
 """One MPEG-TS segment file being written: created on a keyframe (and marked as being written in
-the index), fed Annex B packets, finished with an fsync before the recorder indexes it.
+the index), fed Annex B packets, flushed at checkpoints (``checkpoint``: before each keyframe and
+every ``sync_interval_s``, so a crash leaves it whole up to the last GOP), finished with an fsync
+before the recorder indexes it.
 
 The packets are remuxed, never re-encoded; their timestamps are rebased so that the file's
 timeline starts at 0. Errors (OSError, av.FFmpegError, sqlite3.Error) are left to the recorder,

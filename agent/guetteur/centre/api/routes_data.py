@@ -321,7 +321,12 @@ async def get_clip(request: web.Request) -> web.StreamResponse:
                 .first()
             )
 
+    wait_s = float(query_int(request, "wait", 0, 0, 60))
+    deadline = time.monotonic() + wait_s
     row = await blocking(request, find)
+    while (row is None or row["state"] != "complete") and time.monotonic() < deadline:
+        await asyncio.sleep(0.5)  # a playback just asked for: the gateway is cutting it
+        row = await blocking(request, find)
     if row is None or row["state"] != "complete" or not Path(row["path"]).is_file():
         raise ApiError(404, "not_found", f"no clip {clip_id} from {gw} (not arrived yet?)")
     if request.headers.get("Range", "bytes=0-").startswith("bytes=0-"):  # a viewing, not a seek

@@ -39,6 +39,12 @@ export function reason(err) {
   return t("live.refused", { message: err.message || String(err) });
 }
 
+// An fMP4 init segment starts with its ftyp box.
+function isInit(buffer) {
+  const b = new Uint8Array(buffer, 0, Math.min(8, buffer.byteLength));
+  return b.length === 8 && String.fromCharCode(b[4], b[5], b[6], b[7]) === "ftyp";
+}
+
 class Tile {
   constructor(index) {
     this.index = index;
@@ -139,6 +145,14 @@ class Tile {
       }
       this.lastData = performance.now();
       this.bytes += msg.data.byteLength;
+      if (this.ms && isInit(msg.data)) {
+        // the gateway restarted the stream (its queue overflowed, new parameters): a new init
+        // segment whose timestamps start again; a fresh MediaSource plays it from there
+        this.ms = null;
+        this.feeder = null;
+        early = [];
+        this.restarts = (this.restarts || 0) + 1;
+      }
       if (!this.ms) {
         const codec = codecString(msg.data) || (view.codec === "hevc" ? "hvc1.1.6.L93.B0" : "avc1.640028");
         const mime = `video/mp4; codecs="${codec}"`;
@@ -155,7 +169,9 @@ class Tile {
           for (const b of early) this.feeder.push(b);
           early = [];
         }, { once: true });
-        this.video.src = URL.createObjectURL(this.ms);
+        if (this.url) URL.revokeObjectURL(this.url);
+        this.url = URL.createObjectURL(this.ms);
+        this.video.src = this.url;
         return;
       }
       if (this.feeder) this.feeder.push(msg.data);

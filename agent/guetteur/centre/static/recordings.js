@@ -10,15 +10,33 @@ let ctx = null;
 
 function localInput(date) {
   const off = date.getTimezoneOffset() * 60000;
-  return new Date(date.getTime() - off).toISOString().slice(0, 16);
+  return new Date(date.getTime() - off).toISOString().slice(0, 19);
 }
 
 function range() {
   return { since: inputToIso($("#rec-since").value), until: inputToIso($("#rec-until").value) };
 }
 
-function play(url) {
-  $("#rec-player").replaceChildren(h("video", { src: url, controls: true, autoplay: true, muted: true }));
+function play(url, note) {
+  const status = h("p", { class: "muted", id: "rec-status" }, note || "");
+  const video = h("video", { id: "rec-video", src: url, controls: true, autoplay: true, muted: true });
+  video.addEventListener("loadeddata", () => (status.textContent = ""));
+  video.addEventListener("error", () => (status.textContent = t("rec.play_failed")));
+  $("#rec-player").replaceChildren(status, video);
+}
+
+// Supervisors: the range played from the gateway's recording (an export the gateway cuts, the
+// recorded bytes remuxed); the clip's URL waits for it to arrive (?wait=).
+async function playRange() {
+  const [gateway, camera] = ($("#rec-camera").value || "/").split("/");
+  const { since, until } = range();
+  $("#rec-player").replaceChildren(h("p", { class: "muted", id: "rec-status" }, t("rec.asking")));
+  try {
+    const r = await api("POST", "/api/playback", { gateway, camera, from: since, to: until });
+    play(`${r.url}?wait=60`, t("rec.cutting", { from: localTime(r.from), to: localTime(r.to) }));
+  } catch (err) {
+    $("#rec-player").replaceChildren(h("p", { class: "message", id: "rec-status" }, t("rec.play_refused", { message: err.message })));
+  }
 }
 
 async function showTimeline() {
@@ -67,7 +85,7 @@ function extractionForm() {
     try {
       const r = await api("POST", "/api/exports", { gateway, camera, from: since, to: until,
         requisition: form.requisition.value, officer: form.officer.value });
-      out.textContent = t("rec.extraction_sent", { id: r.extraction.id });
+      out.textContent = t("rec.extraction_sent", { id: r.extraction.id, state: r.extraction.state });
       listExtractions();
     } catch (err) {
       out.textContent = err.message;
@@ -90,9 +108,13 @@ async function listExtractions() {
 export async function show(context) {
   ctx = context;
   const now = new Date();
-  if (!$("#rec-since").value) $("#rec-since").value = localInput(new Date(now - 3600e3));
-  if (!$("#rec-until").value) $("#rec-until").value = localInput(new Date(now.getTime() + 60e3));
+  // the last ten minutes up to now (an extraction may not reach into the future)
+  if (!$("#rec-since").value) $("#rec-since").value = localInput(new Date(now - 600e3));
+  if (!$("#rec-until").value) $("#rec-until").value = localInput(now);
   $("#rec-show").onclick = showTimeline;
+  if (ctx.can("export") && !$("#rec-play")) {
+    $("#rec-show").after(h("button", { id: "rec-play", onclick: playRange }, t("rec.play_range")));
+  }
   try {
     const list = await cameras();
     $("#rec-camera").replaceChildren(...list.map((c) => h("option", { value: `${c.gateway}/${c.camera}` }, `${c.camera} (${c.gateway})`)));

@@ -15,6 +15,7 @@ the MQTT network thread.
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import shutil
@@ -70,6 +71,7 @@ CREATE TABLE IF NOT EXISTS cseq (camera TEXT PRIMARY KEY, last INTEGER NOT NULL)
 
 _T = TypeVar("_T")
 _SQLITE_FULL = 13  # "database or disk is full"
+_SQLITE_IOERR = 10
 FULL_DISK_WAIT_S = 15.0  # the recorder's urgent purge frees space within a second or two
 
 KIND_CLIP_MANIFEST = "clip_manifest"
@@ -164,10 +166,32 @@ class OutboxStore:
             raise
         return db
 
+    def _disk_full(self, exc: sqlite3.Error) -> bool:
+        """A full disk, not a damaged database: SQLITE_FULL, or an I/O error (SQLite cannot
+        create its WAL index) on a partition with less than 1 MiB free."""
+        code = getattr(exc, "sqlite_errorcode", 0) or 0
+        if code == _SQLITE_FULL:
+            return True
+        return code & 0xFF == _SQLITE_IOERR and shutil.disk_usage(self.dir).free < 1 << 20
+
     def _open(self) -> sqlite3.Connection:
         try:
             return self._connect()
-        except sqlite3.DatabaseError as exc:
+        except sqlite3.DatabaseError as first:
+            exc = first
+            if self._disk_full(exc):
+                # Never move a sound database aside for a full disk: its items are undelivered.
+                reserve.release(self.dir.parent, "the outbox (opening its database)")
+                try:
+                    return self._connect()
+                except sqlite3.DatabaseError as again:
+                    if self._disk_full(again):
+                        raise OSError(
+                            errno.ENOSPC,
+                            f"outbox database {self.db_path} cannot be opened: the data "
+                            "partition is full and no reserve is left; free space on it",
+                        ) from again
+                    exc = again
             stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
             aside = self.db_path.with_name(f"{self.db_path.name}.corrupt-{stamp}")
             for suffix in ("", "-wal", "-shm"):
