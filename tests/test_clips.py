@@ -198,6 +198,37 @@ def test_export_command_delivers_an_mp4_with_its_gaps(export) -> None:  # type: 
     assert len(frame_digests(path)) == pytest.approx(4 * FPS, abs=2)  # 28-30 s and 40-42 s
 
 
+def test_a_stop_does_not_wait_for_an_export_whose_recording_will_not_come(
+    ring: tuple[Path, float],
+) -> None:
+    """An export ending past what is recorded waits for its recording (the segment being written
+    closes); at a stop that recording will never come: closing used to wait 30 s for it."""
+    data_dir, wall0 = ring
+    config = GuetteurConfig.model_validate(
+        {
+            "gateway_id": "gw1",
+            "data_dir": str(data_dir),
+            "cameras": [{"id": "cam1", "url": "test:bars"}],
+            "recording": {"export_max_s": 600},
+        }
+    )
+    index = SegmentIndex.for_data_dir(data_dir)
+    publisher = CollectingPublisher()
+    service = ExportService(config, index, publisher)
+    dispatcher = CommandDispatcher()
+    service.register(dispatcher)
+    reply = ask(dispatcher, {"camera": "cam1", "from": iso(wall0 + 45), "to": iso(wall0 + 120)})
+    assert reply["ok"] is True, reply  # partly recorded: accepted, then waits for the rest
+    second = ask(dispatcher, {"camera": "cam1", "from": iso(wall0 + 1), "to": iso(wall0 + 3)})
+    assert second["ok"] is True, second  # queued behind it
+    time.sleep(0.5)
+    began = time.monotonic()
+    service.close()
+    assert time.monotonic() - began < 3.0
+    assert publisher.clips == []  # not cut (logged: ask again), not half-waited for
+    index.close()
+
+
 @pytest.mark.parametrize(
     ("payload", "code", "words"),
     [

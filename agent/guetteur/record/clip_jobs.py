@@ -17,6 +17,7 @@ after the recorder has closed.
 from __future__ import annotations
 
 import logging
+import sqlite3
 import threading
 import time
 from collections.abc import Callable
@@ -91,9 +92,21 @@ class EventClipper:
 
     def event_started(self, camera: str, event_id: str, start: float) -> None:
         # Open-ended until the end is known; the legal maximum still bounds it.
-        self.index.add_pin(
-            Pin(event_id, camera, start - self.events.pre_roll_s, float("inf")), self.clock()
-        )
+        self._pin(Pin(event_id, camera, start - self.events.pre_roll_s, float("inf")))
+
+    def _pin(self, pin: Pin) -> None:
+        """Pin, or say why not: a pin that cannot be written (a full disk) must not stop the
+        event's message or its clip."""
+        try:
+            self.index.add_pin(pin, self.clock())
+        except sqlite3.Error as exc:
+            log.warning(
+                "camera %s: video of event %s not pinned (%s); retention may delete it before "
+                "its clip is cut",
+                pin.camera,
+                pin.pin_id,
+                exc,
+            )
 
     def event_ended(self, camera: str, event_id: str, start: float, end: float) -> None:
         """Journal the end (the event is no longer open, its clip is owed), then queue the job."""
@@ -169,7 +182,7 @@ class EventClipper:
     # -- the worker ---------------------------------------------------------------------------
 
     def _take(self, job: ClipJob) -> None:
-        self.index.add_pin(Pin(job.event_id, job.camera, job.t0, job.t1), self.clock())
+        self._pin(Pin(job.event_id, job.camera, job.t0, job.t1))
         with self._cv:
             self._pending[job.event_id] = job
             self._cv.notify_all()

@@ -14,7 +14,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
@@ -190,9 +190,15 @@ def cut_clip(
 
 
 def wait_for_recording(
-    index: SegmentIndex, camera: str, until: float, timeout: float, poll_s: float = 0.25
+    index: SegmentIndex,
+    camera: str,
+    until: float,
+    timeout: float,
+    poll_s: float = 0.25,
+    stop: threading.Event | None = None,
 ) -> bool:
-    """Wait until the index covers ``camera`` up to ``until`` (works across processes)."""
+    """Wait until the index covers ``camera`` up to ``until`` (works across processes); False
+    after ``timeout``, or at once when ``stop`` is set (the agent stopping)."""
     deadline = time.monotonic() + timeout
     while True:
         end = index.covered_until(camera)
@@ -200,7 +206,10 @@ def wait_for_recording(
             return True
         if time.monotonic() >= deadline:
             return False
-        time.sleep(poll_s)
+        if stop is None:
+            time.sleep(poll_s)
+        elif stop.wait(poll_s):
+            return False
 
 
 # --------------------------------------------------------------------------------------------
@@ -314,6 +323,8 @@ class ExportService:
         self._pending = 0
         self._max_pending = max_pending
         self._lock = threading.Lock()
+        self._stopping = threading.Event()
+        self._queued: list[Future[None]] = []
 
     def register(self, dispatcher: CommandDispatcher) -> None:
         dispatcher.register("export", ExportRequest, self.handle)
@@ -349,7 +360,9 @@ class ExportService:
                 )
             self._pending += 1
         clip_id = f"exp-{uuid.uuid4().hex}"
-        self._pool.submit(self._cut, clip_id, req.camera, t0, t1, ctx.request_id)
+        future = self._pool.submit(self._cut, clip_id, req.camera, t0, t1, ctx.request_id)
+        with self._lock:
+            self._queued = [f for f in self._queued if not f.done()] + [future]
         log.info(
             "export %s of %s %s..%s accepted (request %s, %d gaps)",
             clip_id,
@@ -370,7 +383,15 @@ class ExportService:
     def _cut(self, clip_id: str, camera: str, t0: float, t1: float, request_id: str | None) -> None:
         try:
             # A range ending in the segment being written waits for that segment to close.
-            wait_for_recording(self.index, camera, t1, self.config.recording.segment_s * 2 + 10)
+            wait = self.config.recording.segment_s * 2 + 10
+            wait_for_recording(self.index, camera, t1, wait, stop=self._stopping)
+            if self._stopping.is_set():
+                log.error(
+                    "export %s of %s not cut: the agent is stopping; ask for it again",
+                    clip_id,
+                    camera,
+                )
+                return
             out = self.out_dir / f"{clip_id}.mp4"
             result = cut_clip(self.index, camera, t0, t1, 0.0, 0.0, out)
             self.publisher.submit_clip(
@@ -393,4 +414,12 @@ class ExportService:
                 self._pending -= 1
 
     def close(self) -> None:
+        """At a stop: an export waiting for its recording gives up at once (the cameras have
+        stopped), those not started are dropped with a log line (the centre asks again); an
+        export already being cut finishes. Exports are on demand, not owed like event clips."""
+        self._stopping.set()
+        with self._lock:
+            dropped = sum(f.cancel() for f in self._queued)  # True for those not started
         self._pool.shutdown(wait=True)
+        if dropped:
+            log.error("stopping: %d export(s) not started are dropped; ask again", dropped)

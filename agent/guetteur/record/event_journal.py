@@ -17,16 +17,23 @@ open event (a few per camera) and per clip not yet cut.
 from __future__ import annotations
 
 import json
+import logging
 import sqlite3
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from guetteur.analytics.events import EventUpdate
 from guetteur.media.types import Box
+from guetteur.record import reserve
+from guetteur.record.purge import is_disk_full
+
+log = logging.getLogger(__name__)
+
+_T = TypeVar("_T")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS open_events (
@@ -153,22 +160,64 @@ def restart_end(open_event: OpenEvent, clock_synced: bool) -> EventUpdate:
 
 class EventJournal:
     """The open events and the clip jobs, in SQLite; safe from several threads (one connection
-    behind a lock: the analysis threads, the clip worker and the runtime at start and stop)."""
+    behind a lock: the analysis threads, the clip worker and the runtime at start and stop).
+
+    The journal never stops an event from being published: on a full disk it releases the data
+    partition's reserve file (``record/reserve.py``) and tries again once; if it still cannot
+    write (or open), it says so and the events go out without their crash protection."""
 
     def __init__(self, data_dir: Path | str, clock: Callable[[], float] = time.time) -> None:
-        self.path = Path(data_dir) / "events.sqlite3"
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.data_dir = Path(data_dir)
+        self.path = self.data_dir / "events.sqlite3"
         self.clock = clock
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(
-            str(self.path), timeout=10.0, isolation_level=None, check_same_thread=False
-        )
-        with self._lock:
-            self._db.execute("PRAGMA journal_mode=WAL")
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._db = self._retry_when_full("opening", lambda: self._open(str(self.path)))
+        except (sqlite3.Error, OSError) as exc:
+            log.error(
+                "event journal %s cannot be opened (%s): events in progress and clips owed are "
+                "not protected against a crash until the agent starts with it again",
+                self.path,
+                exc,
+            )
+            self._db = self._open(":memory:")
+
+    @staticmethod
+    def _open(where: str) -> sqlite3.Connection:
+        db = sqlite3.connect(where, timeout=10.0, isolation_level=None, check_same_thread=False)
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
             # FULL: an event recorded as open, or a clip recorded as owed, survives a power cut
             # (the rows are few: one per event update at most every events.update_interval_s).
-            self._db.execute("PRAGMA synchronous=FULL")
-            self._db.executescript(_SCHEMA)
+            db.execute("PRAGMA synchronous=FULL")
+            db.executescript(_SCHEMA)
+        except BaseException:
+            db.close()
+            raise
+        return db
+
+    def _retry_when_full(self, what: str, write: Callable[[], _T]) -> _T:
+        try:
+            return write()
+        except sqlite3.Error as exc:
+            if not is_disk_full(exc) and "disk I/O error" not in str(exc):
+                raise
+            if not reserve.release(self.data_dir, f"the event journal ({what})"):
+                raise
+            return write()
+
+    def _guarded(self, what: str, write: Callable[[], None]) -> None:
+        """Run a write; a failure is logged, never raised (the event goes out all the same)."""
+        try:
+            self._retry_when_full(what, write)
+        except sqlite3.Error as exc:
+            log.error(
+                "event journal: %s not recorded (%s); if the agent crashes now, that event's "
+                "end or clip may be missing",
+                what,
+                exc,
+            )
 
     def close(self) -> None:
         with self._lock:
@@ -176,36 +225,57 @@ class EventJournal:
 
     def opened(self, update: EventUpdate, payload: bytes) -> None:
         """Record an event's start or update (call before publishing ``payload``)."""
-        with self._lock:
-            self._db.execute(
-                "INSERT OR REPLACE INTO open_events (event_id, camera, last, payload, seen) "
-                "VALUES (?, ?, ?, ?, ?)",
-                (update.event_id, update.camera, _state(update), payload, self.clock()),
-            )
+        row = (update.event_id, update.camera, _state(update), payload, self.clock())
+
+        def write() -> None:
+            with self._lock:
+                self._db.execute(
+                    "INSERT OR REPLACE INTO open_events (event_id, camera, last, payload, seen) "
+                    "VALUES (?, ?, ?, ?, ?)",
+                    row,
+                )
+
+        self._guarded(f"event {update.event_id} of {update.camera} open", write)
 
     def ended(self, event_id: str, job: ClipJob | None) -> None:
         """The event is no longer open and, with ``job``, its clip is owed: one transaction."""
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                self._db.execute("DELETE FROM open_events WHERE event_id = ?", (event_id,))
-                if job is not None:
-                    self._db.execute(
-                        "INSERT OR REPLACE INTO clip_jobs "
-                        "(event_id, camera, start, end, t0, t1, created) "
-                        "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                        (job.event_id, job.camera, job.start, job.end, job.t0, job.t1, job.created),
-                    )
-                self._db.execute("COMMIT")
-            except BaseException:
-                if self._db.in_transaction:  # SQLite may have rolled back already (disk full)
-                    self._db.execute("ROLLBACK")
-                raise
+
+        def write() -> None:
+            with self._lock:
+                self._db.execute("BEGIN IMMEDIATE")
+                try:
+                    self._db.execute("DELETE FROM open_events WHERE event_id = ?", (event_id,))
+                    if job is not None:
+                        self._db.execute(
+                            "INSERT OR REPLACE INTO clip_jobs "
+                            "(event_id, camera, start, end, t0, t1, created) "
+                            "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                            (
+                                job.event_id,
+                                job.camera,
+                                job.start,
+                                job.end,
+                                job.t0,
+                                job.t1,
+                                job.created,
+                            ),
+                        )
+                    self._db.execute("COMMIT")
+                except BaseException:
+                    if self._db.in_transaction:  # SQLite may have rolled back (disk full)
+                        self._db.execute("ROLLBACK")
+                    raise
+
+        self._guarded(f"end of event {event_id} and its clip owed", write)
 
     def done(self, event_id: str) -> None:
         """The clip is with the publisher (or can never be cut): the job is finished."""
-        with self._lock:
-            self._db.execute("DELETE FROM clip_jobs WHERE event_id = ?", (event_id,))
+
+        def write() -> None:
+            with self._lock:
+                self._db.execute("DELETE FROM clip_jobs WHERE event_id = ?", (event_id,))
+
+        self._guarded(f"clip of event {event_id} done", write)
 
     def open_events(self) -> list[OpenEvent]:
         with self._lock:

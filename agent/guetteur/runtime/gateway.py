@@ -203,10 +203,20 @@ class Gateway:
                 end.event_id,
                 iso_ms(end.end_wall),
             )
-            self.publisher.submit(self._event_item(left.last, left.payload))
-            self.publish_event(end)
+            try:
+                self.publisher.submit(self._event_item(left.last, left.payload))
+                self.publish_event(end)
+            except Exception:  # the agent starts all the same; the event stays journalled
+                log.exception(
+                    "camera %s: event %s could not be ended now; tried again at the next start",
+                    end.camera,
+                    end.event_id,
+                )
         if self.clipper is not None:
-            self.clipper.resume()
+            try:
+                self.clipper.resume()
+            except Exception:  # e.g. a full disk: the jobs stay journalled for the next start
+                log.exception("event clips owed by the previous run not resumed now")
 
     def stop(self, timeout: float = 3.0, budget_s: float = STOP_BUDGET_S) -> None:
         """Stop every camera (together, within ``timeout``), cut the event clips owed with what
