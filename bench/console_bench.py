@@ -232,7 +232,10 @@ def wall_cpu(
         time.sleep(0.2)
     wait_js(driver, f"[...document.querySelectorAll('#wall video')].filter(v => v.currentTime > 1).length === {tiles}",
             60, f"{tiles} tiles playing")  # fmt: skip
-    probe = "return window.guetteurLive.tiles().map(t => [t.video.currentTime, t.bytes, t.restarts || 0])"
+    probe = (
+        "return window.guetteurLive.tiles().map(t => [t.video.currentTime, t.bytes, "
+        "t.restarts || 0, t.el.dataset.state, t.msg.textContent])"
+    )
     before = driver.execute_script(probe)
     busy = measure_cpu(pid, seconds)
     after = driver.execute_script(probe)
@@ -241,12 +244,18 @@ def wall_cpu(
     restarts = sum(b[2] - a[2] for a, b in zip(before, after, strict=True))
     received = sum(b[1] - a[1] for a, b in zip(before, after, strict=True))
     advanced = sum(1 for p in played if p > seconds / 2)
+    states: dict[str, int] = {}
+    for tile in after:
+        states[tile[3]] = states.get(tile[3], 0) + 1
+    messages = sorted({tile[4] for tile in after if tile[4]})
     per_tile = (busy - idle) / tiles
     per_mbit = (busy - idle) / max(received * 8 / seconds / 1e6, 1e-9)
     return {
         "tiles": tiles,
         "tiles_advancing": advanced,
         "stream_restarts": restarts,
+        "tile_states_after": states,
+        "tile_messages_after": messages,
         "played_s_min_median": [round(min(played), 1), round(statistics.median(played), 1)],
         "relayed_mbit_s": round(received * 8 / seconds / 1e6, 2),
         "cpu_ms_per_mbit": round(per_mbit * 1000, 2),
@@ -323,7 +332,8 @@ def main() -> None:
     )
     print(f"  {r['cpu_ms_per_mbit']} ms CPU per Mbit relayed; each camera sends {r['camera_mbit_s']} Mbit/s: "
           f"the whole wall at full rate would cost {r['full_rate_cpu_s_per_s']} CPU s per s")  # fmt: skip
-    print(f"  stream restarts (new init segments) during the measure: {r['stream_restarts']}")
+    print(f"  stream restarts (new init segments) during the measure: {r['stream_restarts']}; "
+          f"tiles after: {r['tile_states_after']} {r['tile_messages_after']}")  # fmt: skip
     print(f"  video played per tile in {args.cpu_seconds:g} s: min {r['played_s_min_median'][0]} s, "
           f"median {r['played_s_min_median'][1]} s")  # fmt: skip
 
