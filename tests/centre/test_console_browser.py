@@ -8,7 +8,9 @@ serial line, the register naming the operator. The screenshots in docs/console/ 
 
 from __future__ import annotations
 
+import io
 from collections.abc import Callable
+from csv import DictReader
 from pathlib import Path
 from typing import Any
 
@@ -157,6 +159,16 @@ def test_an_operator_auditor_and_viewer_at_the_console(
     )
     assert order == ["ghost", "gw1"]
     assert "hors ligne depuis" in driver.find_element(By.CSS_SELECTOR, ".gw.bad").text
+    driver.find_element(By.ID, "fleet-search").send_keys("cam2")  # a camera finds its gateway
+    wait_js(driver, "document.querySelectorAll('#fleet-list .gw').length === 1", 5, "the search")
+    assert (
+        driver.find_element(By.CSS_SELECTOR, "#fleet-list .gw").get_attribute("data-gateway")
+        == "gw1"
+    )
+    driver.find_element(By.ID, "fleet-search").clear()
+    driver.execute_script(
+        "document.querySelector('#fleet-search').dispatchEvent(new Event('input'))"
+    )
     shot(driver, "fleet.png")
 
     open_view(driver, "events")
@@ -278,6 +290,11 @@ def test_an_operator_auditor_and_viewer_at_the_console(
         "the operator's live views, PTZ session, handled event and clip viewing in the register",
     )
     assert "op1" in text
+    csv = driver.execute_async_script(
+        "fetch(document.querySelector('#reg-csv').href).then(r => r.text()).then(arguments[0])"
+    )
+    table = list(DictReader(io.StringIO(csv)))
+    assert len(table) > 3 and {r["operator"] for r in table} == {"op1"}, table[:2]
     rows = centre.login("aud1").ok("GET", "/api/register", action="event.handled")["rows"]
     assert rows[0]["operator"] == "op1" and rows[0]["detail"]["comment"] == "Patrouille prévenue"
     logout(driver)

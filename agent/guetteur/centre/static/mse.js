@@ -67,10 +67,23 @@ export class Feeder {
 
   // Live, not a recording: stay at the newest data (after a hidden tab, a slow link...).
   keepLive() {
-    const b = this.video.buffered;
+    const v = this.video;
+    const b = v.buffered;
     if (!b.length) return;
     const end = b.end(b.length - 1);
-    if (this.video.currentTime < b.start(0) || end - this.video.currentTime > 3) this.video.currentTime = Math.max(b.start(b.length - 1), end - 0.5);
-    if (this.video.paused) this.video.play().catch(() => {});
+    const t = v.currentTime;
+    if (t < b.start(0) || end - t > 3) {
+      v.currentTime = Math.max(b.start(b.length - 1), end - 0.5);
+    } else {
+      // fragments skipped by the relay for a slow viewer leave a hole up to the next keyframe;
+      // the video would wait at its edge: go on from the next range
+      for (let i = 0; i + 1 < b.length; i++) {
+        if (t >= b.start(i) && b.end(i) - t < 0.25) {
+          v.currentTime = b.start(i + 1);
+          break;
+        }
+      }
+    }
+    if (v.paused) v.play().catch(() => {});
   }
 }
