@@ -326,3 +326,10 @@ def test_the_helper_never_follows_a_symlink_planted_in_the_inbox(
         json.loads((updates_dir / "done" / "next.installed.json").read_text())["status"]
         == "installed"
     )
+
+
+def test_a_restart_hook_that_never_returns_is_an_update_error() -> None:
+    from guetteur.ops.updates import UpdateError, run_hook
+
+    with pytest.raises(UpdateError, match=r"did not return within 0\.5 s"):
+        run_hook("sleep 30", timeout_s=0.5)

@@ -770,6 +770,9 @@ def main() -> int:
     parser.add_argument(
         "--python", default=sys.executable, help="Python with guetteur for `centre receive`"
     )
+    parser.add_argument(
+        "--skip-updates", action="store_true", help="stop after the power cut (no boot 5)"
+    )
     args = parser.parse_args()
     args.work = args.work or args.image.parent / "vm" / "test"
     if os.geteuid() != 0:

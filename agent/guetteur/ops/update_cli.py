@@ -44,7 +44,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="Ed25519 public key (PEM) of the supervisor who may allow a downgrade (optional)",
     )
     parser.add_argument("--health-file", type=Path, default=Path("/run/guetteur/health.json"))
-    parser.add_argument("--restart-command", default="systemctl restart guetteur.service")
+    parser.add_argument(
+        "--restart-command", default="systemctl restart --no-block guetteur.service"
+    )
     parser.add_argument(
         "--health-timeout",
         type=float,

@@ -9,7 +9,7 @@ A bundle (``*.gtb``) is a tar archive holding::
 
 Releases live under ``/opt/guetteur/releases/<version>`` (each a venv); ``/opt/guetteur/current``
 is a symlink switched atomically (a new link renamed over the old one). After the switch the agent
-is restarted with a command hook (``systemctl restart guetteur.service`` in production) and the
+is restarted with a command hook (``systemctl restart --no-block guetteur.service`` in production) and the
 helper waits for the agent's health file (written by :class:`guetteur.runtime.health.HealthSupervisor`)
 to say "healthy" with the new version. If it does not within the timeout, ``current`` goes back
 to the previous release and the agent is restarted again.
@@ -319,8 +319,15 @@ def wait_healthy(
         time.sleep(poll_s)
 
 
-def run_hook(command: str) -> None:
-    proc = subprocess.run(shlex.split(command), capture_output=True, text=True, timeout=120)
+def run_hook(command: str, timeout_s: float = 120.0) -> None:
+    try:
+        proc = subprocess.run(
+            shlex.split(command), capture_output=True, text=True, timeout=timeout_s
+        )
+    except subprocess.TimeoutExpired:
+        raise UpdateError(
+            "update.restart", f"restart command {command!r} did not return within {timeout_s:g} s"
+        ) from None
     if proc.returncode != 0:
         raise UpdateError(
             "update.restart",
