@@ -244,6 +244,15 @@ def test_an_operator_auditor_and_viewer_at_the_console(
     assert moves[0][3] & 0x08, f"a tilt up (Pelco-D command 2 bit 3): {moves[0].hex(' ')}"
     wait_js(driver, "document.querySelector('.ptz-status').textContent.includes('op1')", 5,
             "who holds the camera")  # fmt: skip
+    # pressed, then the window loses focus (another application, a dialog): the page stops
+    before = len(pelco.frames)
+    driver.execute_script(
+        "document.querySelector(\"#ptz-pad .ptz-btn[data-pan='1'][data-tilt='0']\")"
+        ".dispatchEvent(new PointerEvent('pointerdown', {bubbles: true, pointerId: 7}))"
+    )
+    wait_for(lambda: [f for f in pelco.frames[before:] if f != STOP], 5, "the move to the right")
+    driver.execute_script("window.dispatchEvent(new Event('blur'))")
+    wait_for(lambda: STOP in pelco.frames[before:], 5, "the stop on losing focus")
 
     # the tab hidden: every view stopped at the server; shown again: they resume
     server = centre.thread.server
@@ -295,6 +304,14 @@ def test_an_operator_auditor_and_viewer_at_the_console(
     )
     table = list(DictReader(io.StringIO(csv)))
     assert len(table) > 3 and {r["operator"] for r in table} == {"op1"}, table[:2]
+    # the page's own stops, not the gateway's dead-man: each is a signed command from the centre
+    ptz_rows = centre.login("aud1").ok("GET", "/api/register", action="cmd.ptz")["rows"]
+    page_ptz = [
+        r["detail"]["action"]
+        for r in ptz_rows
+        if (r["source"], r["action"]) == ("centre", "cmd.ptz")
+    ]
+    assert page_ptz == ["move", "stop", "move", "stop"], page_ptz
     rows = centre.login("aud1").ok("GET", "/api/register", action="event.handled")["rows"]
     assert rows[0]["operator"] == "op1" and rows[0]["detail"]["comment"] == "Patrouille prévenue"
     logout(driver)
