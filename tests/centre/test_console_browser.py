@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from guetteur.ptz.pelco_d import GOTO_PRESET, preset_frame
 from guetteur.uplink import protocol
 from guetteur.uplink.mqttutil import new_client
 from tests.centre.harness import PASSWORD, Centre, gateway_config
@@ -244,6 +245,22 @@ def test_an_operator_auditor_and_viewer_at_the_console(
     assert moves[0][3] & 0x08, f"a tilt up (Pelco-D command 2 bit 3): {moves[0].hex(' ')}"
     wait_js(driver, "document.querySelector('.ptz-status').textContent.includes('op1')", 5,
             "who holds the camera")  # fmt: skip
+    # pressed, then the window loses focus (another application, a dialog): the page stops
+    before = len(pelco.frames)
+    driver.execute_script(
+        "document.querySelector(\"#ptz-pad .ptz-btn[data-pan='1'][data-tilt='0']\")"
+        ".dispatchEvent(new PointerEvent('pointerdown', {bubbles: true, pointerId: 7}))"
+    )
+    wait_for(lambda: [f for f in pelco.frames[before:] if f != STOP], 5, "the move to the right")
+    driver.execute_script("window.dispatchEvent(new Event('blur'))")
+    wait_for(lambda: STOP in pelco.frames[before:], 5, "the stop on losing focus")
+    # a preset: number 3, "Aller"
+    preset = driver.find_element(By.CSS_SELECTOR, "#ptz .ptz-preset")
+    preset.clear()
+    preset.send_keys("3")
+    driver.find_elements(By.CSS_SELECTOR, "#ptz .presets button")[0].click()
+    goto3 = preset_frame(1, GOTO_PRESET, 3)
+    wait_for(lambda: goto3 in pelco.frames, 5, "the dome sent to preset 3")
 
     # the tab hidden: every view stopped at the server; shown again: they resume
     server = centre.thread.server
@@ -295,6 +312,14 @@ def test_an_operator_auditor_and_viewer_at_the_console(
     )
     table = list(DictReader(io.StringIO(csv)))
     assert len(table) > 3 and {r["operator"] for r in table} == {"op1"}, table[:2]
+    # the page's own stops, not the gateway's dead-man: each is a signed command from the centre
+    ptz_rows = centre.login("aud1").ok("GET", "/api/register", action="cmd.ptz")["rows"]
+    page_ptz = [
+        r["detail"]["action"]
+        for r in ptz_rows
+        if (r["source"], r["action"]) == ("centre", "cmd.ptz")
+    ]
+    assert page_ptz == ["move", "stop", "move", "stop", "goto_preset"], page_ptz
     rows = centre.login("aud1").ok("GET", "/api/register", action="event.handled")["rows"]
     assert rows[0]["operator"] == "op1" and rows[0]["detail"]["comment"] == "Patrouille prévenue"
     logout(driver)

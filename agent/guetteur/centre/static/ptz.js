@@ -96,8 +96,12 @@ function padButton(label, pan, tilt, zoom, cls) {
   const b = h("button", { class: `ptz-btn ${cls || ""}`, type: "button", dataset: { pan, tilt, zoom } }, label);
   b.addEventListener("pointerdown", (e) => {
     e.preventDefault();
-    b.setPointerCapture?.(e.pointerId);
     press(pan, tilt, zoom);
+    try {
+      b.setPointerCapture(e.pointerId); // the release reaches us even off the button
+    } catch {
+      // a pointer the browser no longer tracks: pointerup/blur still stop the move
+    }
   });
   for (const ev of ["pointerup", "pointercancel", "lostpointercapture"]) b.addEventListener(ev, release);
   b.addEventListener("contextmenu", (e) => e.preventDefault());
