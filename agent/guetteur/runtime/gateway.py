@@ -166,6 +166,7 @@ class Gateway:
         self.link.lanes.set_cameras(self.workers)
         self.link.add_connect_listener(self._on_link_up)
         self._stop = threading.Event()
+        self._stopped = False  # stop() runs once: a second call would use closed databases
 
     def workers_config(self) -> list[CameraConfig]:
         return [w.camera for w in self.workers.values()]
@@ -221,7 +222,11 @@ class Gateway:
     def stop(self, timeout: float = 3.0, budget_s: float = STOP_BUDGET_S) -> None:
         """Stop every camera (together, within ``timeout``), cut the event clips owed with what
         is recorded, then say goodbye on the link; all within ``budget_s``. Clips that cannot be
-        cut in time stay owed in the journal and are cut at the next start."""
+        cut in time stay owed in the journal and are cut at the next start. A second call (a
+        signal handler and a ``finally``, say) does nothing."""
+        if self._stopped:
+            return
+        self._stopped = True
         began = time.monotonic()
         farewell = self.status_message(state="offline")
         self._stop.set()
