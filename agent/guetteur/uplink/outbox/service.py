@@ -30,8 +30,10 @@ Rules, in the order they matter:
   answers from figures the writer keeps after each commit, so status never waits for the disk.
   Clips (``submit_clip``, on the clip worker) commit on the caller's thread.
 
-Where things live: ``store`` (SQLite and clip files: every durable change), ``policy`` (the
-decisions, no I/O), this module (the send loop, the Publisher, clip upload).
+Where things live: ``store`` (every durable change: items and clip files) over ``database``
+(SQLite: opening, transactions, a full disk), ``policy`` (the decisions, no I/O), ``handoff``
+(submits to the writer), ``sender`` (the send loop), this module (the Publisher, the writer's
+commits of submits and acks, clip upload, the figures of the status).
 """
 
 from __future__ import annotations
@@ -52,13 +54,14 @@ from guetteur.uplink import messages, protocol
 from guetteur.uplink.outbox import policy
 from guetteur.uplink.outbox.handoff import CommitQueue, HandoffClosed
 from guetteur.uplink.outbox.interfaces import InboundMessage, OutboxError, OutboxLink
-from guetteur.uplink.outbox.store import KIND_CLIP_CHUNK, OutboxStore, QueuedItem
+from guetteur.uplink.outbox.sender import Sender
+from guetteur.uplink.outbox.store import KIND_CLIP_CHUNK, OutboxStore
 from guetteur.uplink.publish import ClipFile, OutboundItem
 
 log = logging.getLogger(__name__)
 
 # Ack messages received and not yet committed. One message carries up to MAX_ACK_IDS ids and the
-# outbox thread commits everything waiting in one transaction, so this fills only when that thread
+# writer thread commits everything waiting in one transaction, so this fills only when that thread
 # is stuck (a stalled disk): see _on_ack_message for what happens then.
 ACK_QUEUE_SIZE = 1000
 # Submitted items waiting for the writer's commit: past this bound snapshots are refused, events
@@ -72,9 +75,6 @@ SUBMIT_WAIT_S = 1.0
 DURABLE_WAIT_S = 3.0
 WRITE_BATCH = 500  # items per commit
 CLOSE_WRITE_S = 5.0  # how long close() lets the writer commit what is still waiting
-DISCONNECTED_WAIT_S = 0.5
-RATE_WAIT_MAX_S = 0.5
-ERROR_WAIT_S = 1.0
 
 
 def _hash_file(path: Path, chunk_size: int) -> tuple[int, str, list[str]]:
@@ -135,6 +135,17 @@ class Outbox:
             "dropped_acks": 0,
             "resend_requests": 0,
         }
+        self._sender = Sender(
+            link,
+            self._store,
+            self._lock,
+            self._window,
+            self._limiter,
+            self._counters,
+            self._refresh_depth,
+            self._stop,
+            self._wakeup,
+        )
         self._writer.start()
         link.subscribe(link.topics.ack, self._on_ack_message, qos=1)
         link.add_connect_listener(self._on_connect)
@@ -370,10 +381,10 @@ class Outbox:
                 count,
             )
 
-    # -- the outbox thread: sending ------------------------------------------------------------
+    # -- starting and stopping -----------------------------------------------------------------
 
     def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="outbox", daemon=True)
+        self._thread = threading.Thread(target=self._sender.run, name="outbox", daemon=True)
         self._thread.start()
 
     def close(self) -> None:
@@ -399,102 +410,6 @@ class Outbox:
                         CLOSE_WRITE_S,
                     )
                 self._store.close()
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            self._wakeup.clear()  # before looking: what arrives from now on wakes the next turn
-            try:
-                wait = self._pump()
-            except sqlite3.Error:
-                log.exception("outbox: database error while sending; retrying in 1 s")
-                wait = ERROR_WAIT_S
-            except Exception:
-                log.exception("outbox: unexpected error while sending; retrying in 1 s")
-                wait = ERROR_WAIT_S
-            if wait > 0 and not self._stop.is_set():
-                self._wakeup.wait(wait)
-
-    def _pump(self) -> float:
-        """Send what the window, the bandwidth cap and the link allow; returns how long to wait
-        before trying again (woken earlier by submits, acks and connections)."""
-        if not self.link.connected:
-            return DISCONNECTED_WAIT_S
-        with self._lock:
-            expired = self._window.expire()
-            if expired:
-                log.info("outbox: %d item(s) not acknowledged in time; sending again", len(expired))
-            if self._window.free <= 0:
-                return self._window.next_wait()
-            # the head of the queue, without payloads; in-flight items are skipped
-            chosen = self._window.choose(self._store.head(self._window.max_items))
-            if not chosen:
-                return self._window.next_wait()
-            found = self._store.load(chosen)
-        sent = 0
-        for item_id in chosen:
-            item = found.get(item_id)
-            if item is None:
-                continue
-            delay = self._limiter.delay(item.size)
-            if delay > 0:
-                return min(delay, RATE_WAIT_MAX_S)
-            if not self.link.connected or self._stop.is_set():
-                return 0.2
-            if self._send(item):
-                sent += 1
-        if sent:
-            return 0.0
-        with self._lock:
-            return self._window.next_wait()
-
-    def _send(self, item: QueuedItem) -> bool:
-        payload = item.payload
-        if payload is None and item.clip_id is not None and item.chunk is not None:
-            payload = self._read_chunk(item.clip_id, item.chunk)
-        if payload is None:
-            return False
-        props = dict(item.props)
-        props[protocol.PROP_ITEM_ID] = item.item_id
-        props[protocol.PROP_EPOCH] = self.epoch
-        if item.cseq is not None:
-            props[protocol.PROP_CSEQ] = str(item.cseq)
-        with self._lock:
-            # the size cap may have evicted it meanwhile (a submit on another thread)
-            if not self._store.has_item(item.item_id):
-                return False
-            attempts = self._window.fly(item.item_id, item.size)
-        self.link.publish_raw(
-            self.link.topics.full(item.topic),
-            payload,
-            qos=1,
-            content_type=item.content_type,
-            user_props=props,
-        )
-        self._counters["sent"] += 1
-        if attempts > 1:
-            self._counters["resent"] += 1
-            log.debug("outbox: %s sent again (attempt %d)", item.item_id, attempts)
-        return True
-
-    def _read_chunk(self, clip_id: str, n: int) -> bytes | None:
-        with self._lock:
-            where = self._store.chunk_location(clip_id, n)
-            if where is None:
-                self._store.delete_items([protocol.clip_chunk_item_id(clip_id, n)])
-                self._refresh_depth()
-                return None
-        try:  # outside the lock: a chunk read from the SD card must not hold up submits
-            with open(where.path, "rb") as f:
-                f.seek(where.offset)
-                return f.read(where.length)
-        except OSError as exc:
-            log.error(
-                "outbox: clip %s file %s unreadable (%s); clip dropped", clip_id, where.path, exc
-            )
-            with self._lock:
-                self._store.drop_clip(clip_id, "its file is unreadable")
-                self._refresh_depth()
-            return None
 
     # -- status --------------------------------------------------------------------------------
 

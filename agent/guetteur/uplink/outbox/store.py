@@ -4,9 +4,9 @@ it has taken over, under ``{data_dir}/outbox/``.
 Every durable change happens here, each in one write transaction: enqueueing an item, taking a
 clip (its manifest and chunk rows, then the file), deleting acknowledged items, re-queueing a
 chunk the centre asks for again, evicting clips and snapshots when the size cap says so, and the
-numbers that order events at the centre: the database ``epoch`` and a sequence number per camera
-(``cseq``). A database unreadable at start is moved aside (``outbox.db.corrupt-TIME``) and a
-fresh one — a new epoch — started.
+numbers that order events at the centre: a sequence number per camera (``cseq``), with the
+database ``epoch``. Opening the database, its transactions and waiting out a full disk are
+``database``'s.
 
 Not thread-safe by itself: the ``Outbox`` serialises every call with its lock, and its writer
 thread makes almost every commit (submits in batches, acks), never a camera's analysis thread or
@@ -15,64 +15,23 @@ the MQTT network thread.
 
 from __future__ import annotations
 
-import errno
 import json
 import logging
 import shutil
-import sqlite3
 import time
-import uuid
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable
+from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
-from guetteur.record import reserve
 from guetteur.uplink import protocol
 from guetteur.uplink.outbox import policy
+from guetteur.uplink.outbox.database import OutboxDatabase
 from guetteur.uplink.publish import ClipFile, OutboundItem, Priority
 
 log = logging.getLogger(__name__)
-
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS items (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT,
-    item_id TEXT NOT NULL UNIQUE,
-    kind TEXT NOT NULL,
-    topic TEXT NOT NULL,
-    priority INTEGER NOT NULL,
-    camera TEXT,
-    content_type TEXT NOT NULL,
-    props TEXT NOT NULL,
-    payload BLOB,             -- NULL for clip chunks: read from the clip file at send time
-    size INTEGER NOT NULL,
-    clip_id TEXT,
-    chunk INTEGER,
-    cseq INTEGER,
-    created REAL NOT NULL
-);
-CREATE INDEX IF NOT EXISTS items_order ON items (priority, seq);
-CREATE INDEX IF NOT EXISTS items_clip ON items (clip_id);
-CREATE TABLE IF NOT EXISTS clips (
-    clip_id TEXT PRIMARY KEY,
-    path TEXT NOT NULL,
-    source TEXT NOT NULL,
-    camera TEXT,
-    size INTEGER NOT NULL,
-    chunk_size INTEGER NOT NULL,
-    count INTEGER NOT NULL,
-    created REAL NOT NULL
-);
-CREATE TABLE IF NOT EXISTS cseq (camera TEXT PRIMARY KEY, last INTEGER NOT NULL);
-"""
-
-_T = TypeVar("_T")
-_SQLITE_FULL = 13  # "database or disk is full"
-_SQLITE_IOERR = 10
-FULL_DISK_WAIT_S = 15.0  # the recorder's urgent purge frees space within a second or two
 
 KIND_CLIP_MANIFEST = "clip_manifest"
 KIND_CLIP_CHUNK = "clip_chunk"
@@ -124,17 +83,16 @@ class OutboxStore:
         max_bytes: int,
         on_removed: Callable[[str], None] = lambda _item_id: None,
     ) -> None:
-        self.dir = directory
         self.clip_dir = directory / "clips"
         self.clip_dir.mkdir(parents=True, exist_ok=True)
-        self.db_path = directory / "outbox.db"
         self.max_bytes = max_bytes
         self._on_removed = on_removed
-        self.startup_warnings: list[str] = []
         self.dropped_clips = 0
         self.dropped_snapshots = 0
-        self._db = self._open()
-        self.epoch = self._epoch()
+        self._db = OutboxDatabase(directory, on_rollback=self._recount)
+        self.db_path = self._db.path
+        self.epoch = self._db.epoch
+        self.startup_warnings = self._db.startup_warnings
         # Kept as rows come and go (recounted after a rollback), so the status never scans the
         # queue: what counts against the cap (items and clip files), items by kind, clips.
         self.bytes = 0
@@ -145,74 +103,6 @@ class OutboxStore:
 
     def close(self) -> None:
         self._db.close()
-
-    # -- opening -------------------------------------------------------------------------------
-
-    def _connect(self) -> sqlite3.Connection:
-        db = sqlite3.connect(
-            self.db_path, check_same_thread=False, isolation_level=None, timeout=10.0
-        )
-        try:
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute("PRAGMA synchronous=FULL")  # an acknowledged submit survives a power cut
-            db.executescript(SCHEMA)
-            row = db.execute("PRAGMA quick_check").fetchone()
-            if row is None or row[0] != "ok":
-                raise sqlite3.DatabaseError(
-                    f"integrity check failed: {row[0] if row else 'no answer'}"
-                )
-        except sqlite3.DatabaseError:
-            db.close()
-            raise
-        return db
-
-    def _disk_full(self, exc: sqlite3.Error) -> bool:
-        """A full disk, not a damaged database: SQLITE_FULL, or an I/O error (SQLite cannot
-        create its WAL index) on a partition with less than 1 MiB free."""
-        code = getattr(exc, "sqlite_errorcode", 0) or 0
-        if code == _SQLITE_FULL:
-            return True
-        return code & 0xFF == _SQLITE_IOERR and shutil.disk_usage(self.dir).free < 1 << 20
-
-    def _open(self) -> sqlite3.Connection:
-        try:
-            return self._connect()
-        except sqlite3.DatabaseError as first:
-            exc = first
-            if self._disk_full(exc):
-                # Never move a sound database aside for a full disk: its items are undelivered.
-                reserve.release(self.dir.parent, "the outbox (opening its database)")
-                try:
-                    return self._connect()
-                except sqlite3.DatabaseError as again:
-                    if self._disk_full(again):
-                        raise OSError(
-                            errno.ENOSPC,
-                            f"outbox database {self.db_path} cannot be opened: the data "
-                            "partition is full and no reserve is left; free space on it",
-                        ) from again
-                    exc = again
-            stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-            aside = self.db_path.with_name(f"{self.db_path.name}.corrupt-{stamp}")
-            for suffix in ("", "-wal", "-shm"):
-                src = Path(str(self.db_path) + suffix)
-                if src.exists():
-                    src.rename(Path(str(aside) + suffix))
-            msg = (
-                f"outbox database {self.db_path} was unreadable at start ({exc}); moved aside "
-                f"to {aside.name}; its unsent items are lost; a fresh outbox was started"
-            )
-            log.error("%s", msg)
-            self.startup_warnings.append(msg)
-            return self._connect()
-
-    def _epoch(self) -> str:
-        row = self._db.execute("SELECT value FROM meta WHERE key='epoch'").fetchone()
-        if row:
-            return str(row[0])
-        epoch = uuid.uuid4().hex[:16]
-        self._db.execute("INSERT INTO meta (key, value) VALUES ('epoch', ?)", (epoch,))
-        return epoch
 
     def _recount(self) -> None:
         items = self._db.execute(
@@ -250,57 +140,9 @@ class OutboxStore:
                 log.warning("outbox: deleting %s, a clip file no queued clip refers to", f)
                 f.unlink(missing_ok=True)
 
-    @contextmanager
-    def tx(self) -> Iterator[None]:
+    def tx(self) -> AbstractContextManager[None]:
         """One write transaction (nested calls join the outer one)."""
-        if self._db.in_transaction:
-            yield
-            return
-        self._db.execute("BEGIN IMMEDIATE")
-        try:
-            yield
-            self._db.execute("COMMIT")
-        except BaseException:
-            self._rollback()
-            self._recount()  # the counts followed changes that were not kept
-            raise
-
-    def _rollback(self) -> None:
-        # On a full disk SQLite may have rolled back already: a second ROLLBACK would hide the
-        # real error behind "no transaction is active".
-        if self._db.in_transaction:
-            self._db.execute("ROLLBACK")
-
-    def _retry_when_full(self, what: str, write: Callable[[], _T]) -> _T:
-        """Run ``write``; if the disk is full, release the data partition's reserve file
-        (``record/reserve.py``) and run it again; if something else took that space first (a
-        camera's recording), retry while the recorder's retention frees more, for at most
-        ``FULL_DISK_WAIT_S``: an event is not lost to a full disk, and nothing waits forever."""
-        deadline = time.monotonic() + FULL_DISK_WAIT_S
-        delay = 0.05
-        released = False
-        while True:
-            try:
-                return write()
-            except sqlite3.Error as exc:
-                if getattr(exc, "sqlite_errorcode", None) != _SQLITE_FULL:
-                    raise
-                self._recount()  # the failed attempt may have counted its rows
-                if not released:
-                    released = True
-                    if reserve.release(self.dir.parent, f"the outbox ({what})"):
-                        continue
-                if time.monotonic() + delay > deadline:
-                    log.error(
-                        "outbox: disk full for %.0f s; %s not stored: %s",
-                        FULL_DISK_WAIT_S,
-                        what,
-                        exc,
-                    )
-                    raise
-                log.warning("outbox: disk full; %s waits for retention to free space", what)
-                time.sleep(delay)
-                delay = min(delay * 2, 1.0)
+        return self._db.tx()
 
     # -- queries -------------------------------------------------------------------------------
 
@@ -356,7 +198,7 @@ class OutboxStore:
     def enqueue(self, item: OutboundItem) -> bool:
         """Store ``item`` durably (committed when this returns). False when it is not queued:
         already there (enqueue is idempotent by id), or a snapshot the size cap refuses."""
-        return self._retry_when_full(f"{item.kind} {item.item_id}", lambda: self._enqueue(item))
+        return self._db.retry_when_full(f"{item.kind} {item.item_id}", lambda: self._enqueue(item))
 
     def _enqueue(self, item: OutboundItem) -> bool:
         if self.has_item(item.item_id):
@@ -392,7 +234,7 @@ class OutboxStore:
             with self.tx():
                 return sum(1 for item in items if self._enqueue(item))
 
-        return self._retry_when_full(f"{len(items)} items", write)
+        return self._db.retry_when_full(f"{len(items)} items", write)
 
     def add_clip(
         self,
@@ -535,7 +377,7 @@ class OutboxStore:
         """Delete acknowledged items; an acknowledged manifest means the centre has the whole
         clip, verified: the clip and its file go too. Returns how many of ``ids`` were queued."""
         wanted = set(ids)
-        return self._retry_when_full("acknowledgement", lambda: self._remove_acked(wanted))
+        return self._db.retry_when_full("acknowledgement", lambda: self._remove_acked(wanted))
 
     def _remove_acked(self, ids: set[str]) -> int:
         with self.tx():
