@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup system venv demo test test-fast lint typecheck check clean
+.PHONY: setup system venv demo test test-fast lint typecheck check clean console-shots
 
 setup: system venv
 
@@ -37,6 +37,10 @@ test: setup lint typecheck
 # Lint, types and the tests not marked slow: under a minute, for the edit-test loop.
 test-fast: setup lint typecheck
 	$(BIN)/pytest -q -m "not slow"
+
+# The console's screenshots in docs/console/, retaken by its browser tests.
+console-shots: setup
+	GUETTEUR_UPDATE_SCREENSHOTS=1 $(BIN)/pytest -q tests/centre/test_console_browser.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

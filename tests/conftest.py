@@ -11,5 +11,7 @@ pytest_plugins = [
     "tests.fixtures.signing",
     "tests.fixtures.shipped_broker",
     "tests.fixtures.postgres",
+    "tests.fixtures.netns",
+    "tests.fixtures.browser",
     "tests.centre.harness",
 ]

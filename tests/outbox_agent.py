@@ -75,6 +75,35 @@ def snapshot_item(camera: str, n: int, size: int) -> OutboundItem:
     )
 
 
+def record(media: Path, data: Path, pace: float, stop: threading.Event) -> None:
+    """Record ``media`` in a loop as camera rec1 into ``data``, with retention limits larger than
+    any test disk (only the headroom holds), printing each change of the recording's state."""
+    from guetteur.config import RecordingConfig
+    from guetteur.record.writer import Recorder
+    from tests.recording_agent import feed, load_clip
+
+    clip = load_clip(media)
+    config = RecordingConfig(segment_s=2, max_bytes=1 << 40, max_percent=None, min_free_bytes=0)
+    recorder = Recorder(config, data)
+    wall0 = time.time()
+    started = time.monotonic()
+    print(json.dumps({"record_wall0": wall0, "pace": pace}), flush=True)
+    state = None
+    for pkt in feed(clip, "rec1", wall0):
+        if stop.is_set():
+            break
+        delay = started + (pkt.wallclock - wall0) / pace - time.monotonic()
+        if delay > 0:
+            time.sleep(delay)
+        recorder.on_packet(pkt)
+        if pkt.keyframe:
+            status = recorder.status()
+            if status["state"] != state:
+                state = status["state"]
+                print(json.dumps({"recording": state, "reason": status["reason"]}), flush=True)
+    recorder.close()
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser()
     p.add_argument("--broker", required=True)
@@ -93,6 +122,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--inflight", type=int, default=OutboxConfig().inflight)
     p.add_argument("--drain-bps", type=int, default=0)
     p.add_argument("--exit-when-drained", action="store_true")
+    p.add_argument("--record", default=None, help="also record this media file as camera rec1")
+    p.add_argument("--record-pace", type=float, default=1.0, help="stream seconds per second")
     args = p.parse_args(argv)
     logging.basicConfig(
         level=logging.WARNING,
@@ -126,6 +157,11 @@ def main(argv: list[str] | None = None) -> int:
     link.start()
     outbox.start()
     stop = threading.Event()
+    if args.record:
+        record_thread = threading.Thread(
+            target=record, args=(Path(args.record), data, args.record_pace, stop), daemon=True
+        )
+        record_thread.start()
 
     def handler(_s: int, _f: FrameType | None) -> None:
         stop.set()

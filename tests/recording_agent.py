@@ -14,7 +14,7 @@ import argparse
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 from fractions import Fraction
 from pathlib import Path
@@ -152,6 +152,83 @@ def decode_strict(path: Path) -> tuple[int, int, bool]:
     return packets, frames, first_key
 
 
+@dataclass
+class CrashRound:
+    """One run of the recording agent killed -9: what it recorded and what the restart kept."""
+
+    wall0: float  # wall clock of its first packet
+    killed: float  # wall clock of the SIGKILL
+    kept_s: float  # seconds of [wall0, killed] that the index lists after the restart
+
+    @property
+    def lost_s(self) -> float:
+        return (self.killed - self.wall0) - self.kept_s
+
+
+def covered_seconds(index_dir: Path, camera: str, t0: float, t1: float) -> float:
+    """Seconds of [t0, t1] covered by the indexed segments of ``camera``."""
+    from guetteur.record.index import SegmentIndex
+
+    index = SegmentIndex(index_dir)
+    try:
+        spans = [(max(s.start, t0), min(s.end, t1)) for s in index.overlapping(camera, t0, t1)]
+    finally:
+        index.close()
+    total, cursor = 0.0, t0
+    for a, b in sorted(spans):
+        a = max(a, cursor)
+        if b > a:
+            total += b - a
+            cursor = b
+    return total
+
+
+def crash_rounds(
+    data_dir: Path,
+    media: Path,
+    kills: int,
+    run_s: tuple[float, float],
+    seed: int,
+    segment_s: float = 4.0,
+    extra: Sequence[str] = (),
+) -> Iterator[CrashRound]:
+    """Start the recording agent at real pace, kill -9 it after a random time in ``run_s``, and
+    measure on the next start what the index kept of that run; ``kills`` times."""
+    import random
+    import signal
+
+    rng = random.Random(seed)
+    root = Path(__file__).resolve().parents[1]
+    cmd = [sys.executable, "-m", "tests.recording_agent", str(data_dir), str(media),
+           "--pace", "1", "--segment-s", str(segment_s), *extra]  # fmt: skip
+    previous: tuple[float, float] | None = None
+    for round_no in range(kills + 1):
+        agent = subprocess.Popen(
+            cmd, cwd=root, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        assert agent.stdout is not None
+        line = agent.stdout.readline()
+        if not line.startswith("READY"):
+            agent.kill()
+            raise AssertionError(
+                f"round {round_no}: no READY but {line!r}: {agent.communicate()[1]}"
+            )
+        if previous is not None:  # the restart has reconciled what the last kill left
+            t0, t1 = previous
+            yield CrashRound(t0, t1, covered_seconds(data_dir / "rec", "cam1", t0, t1))
+        if round_no == kills:
+            agent.kill()
+            agent.wait(10)
+            return
+        wall0 = float(line.split("wall0=")[1])
+        time.sleep(max(0.0, wall0 - time.time()) + rng.uniform(*run_s))
+        killed = time.time()
+        agent.send_signal(signal.SIGKILL)
+        _out, err = agent.communicate(timeout=10)
+        assert "Traceback" not in err, f"round {round_no}: the agent raised:\n{err}"
+        previous = (wall0, killed)
+
+
 def main(argv: list[str] | None = None) -> int:
     from guetteur.record.writer import Recorder
 
@@ -162,6 +239,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--segment-s", type=float, default=1.0)
     ap.add_argument("--seconds", type=float, default=None, help="stop cleanly after this long")
     ap.add_argument("--write-buffer", type=int, default=1 << 20, help="bytes per disk write")
+    ap.add_argument("--sync-interval", type=float, default=1.0, help="recording.sync_interval_s")
+    ap.add_argument("--open-event", default=None, help="pin an event that never ends, this id")
+    ap.add_argument("--max-bytes", type=int, default=None, help="recording.max_bytes")
     args = ap.parse_args(argv)
     clip = load_clip(args.media)
     config = RecordingConfig(
@@ -169,12 +249,20 @@ def main(argv: list[str] | None = None) -> int:
         max_percent=None,
         min_free_bytes=0,
         write_buffer_bytes=args.write_buffer,
+        sync_interval_s=args.sync_interval,
+        max_bytes=args.max_bytes,
     )
     recorder = Recorder(config, args.data_dir)
     report = recorder.reconcile_report
-    print(f"READY repaired={report.repaired} removed={report.removed_files}", flush=True)
     # Continue the timeline after what is already recorded, as a live camera would.
     wall0 = max(time.time(), (recorder.index.covered_until("cam1") or 0.0) + 1.0)
+    if args.open_event:  # as EventClipper.event_started: open-ended until the event ends
+        recorder.pin("cam1", wall0, float("inf"), args.open_event)
+    print(
+        f"READY repaired={report.repaired} removed={report.removed_files} "
+        f"pins_closed={report.pins_closed} wall0={wall0:.3f}",
+        flush=True,
+    )
     started = time.monotonic()
     for pkt in feed(clip, "cam1", wall0):
         due = started + (pkt.wallclock - wall0) / args.pace

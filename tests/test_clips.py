@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import itertools
 import json
 import subprocess
 import threading
@@ -17,8 +18,11 @@ import yaml
 
 from guetteur.config import EventsConfig, GuetteurConfig, RecordingConfig
 from guetteur.record import export_cli as exportcli
-from guetteur.record.clips import ClipError, EventClipper, ExportService, coverage_gaps, cut_clip
+from guetteur.record.clip_jobs import EventClipper, clip_due
+from guetteur.record.clips import ClipError, ExportService, coverage_gaps, cut_clip
+from guetteur.record.event_journal import ClipJob, EventJournal
 from guetteur.record.index import SegmentIndex
+from guetteur.record.retention import Pin
 from guetteur.record.writer import Recorder
 from guetteur.uplink.commands import CommandDispatcher
 from guetteur.uplink.publish import ClipFile, OutboundItem
@@ -194,6 +198,37 @@ def test_export_command_delivers_an_mp4_with_its_gaps(export) -> None:  # type: 
     assert len(frame_digests(path)) == pytest.approx(4 * FPS, abs=2)  # 28-30 s and 40-42 s
 
 
+def test_a_stop_does_not_wait_for_an_export_whose_recording_will_not_come(
+    ring: tuple[Path, float],
+) -> None:
+    """An export ending past what is recorded waits for its recording (the segment being written
+    closes); at a stop that recording will never come: closing used to wait 30 s for it."""
+    data_dir, wall0 = ring
+    config = GuetteurConfig.model_validate(
+        {
+            "gateway_id": "gw1",
+            "data_dir": str(data_dir),
+            "cameras": [{"id": "cam1", "url": "test:bars"}],
+            "recording": {"export_max_s": 600},
+        }
+    )
+    index = SegmentIndex.for_data_dir(data_dir)
+    publisher = CollectingPublisher()
+    service = ExportService(config, index, publisher)
+    dispatcher = CommandDispatcher()
+    service.register(dispatcher)
+    reply = ask(dispatcher, {"camera": "cam1", "from": iso(wall0 + 45), "to": iso(wall0 + 120)})
+    assert reply["ok"] is True, reply  # partly recorded: accepted, then waits for the rest
+    second = ask(dispatcher, {"camera": "cam1", "from": iso(wall0 + 1), "to": iso(wall0 + 3)})
+    assert second["ok"] is True, second  # queued behind it
+    time.sleep(0.5)
+    began = time.monotonic()
+    service.close()
+    assert time.monotonic() - began < 3.0
+    assert publisher.clips == []  # not cut (logged: ask again), not half-waited for
+    index.close()
+
+
 @pytest.mark.parametrize(
     ("payload", "code", "words"),
     [
@@ -270,10 +305,16 @@ def test_event_clipper_waits_for_the_post_roll_then_delivers(
     clip: Clip = load_clip(source)
     rec = Recorder(RecordingConfig(segment_s=2, max_percent=None, min_free_bytes=0), tmp_path)
     publisher = CollectingPublisher()
-    clipper = EventClipper(
-        rec, publisher, EventsConfig(pre_roll_s=2, post_roll_s=2), tmp_path / "clips"
-    )
     wall0 = time.time() - 60
+    journal = EventJournal(tmp_path)
+    clipper = EventClipper(
+        tmp_path,
+        journal,
+        publisher,
+        EventsConfig(pre_roll_s=2, post_roll_s=2),
+        segment_s=2,
+        clock=lambda: wall0 + (time.time() - wall0 - 60) * 4,  # the camera's paced clock
+    )
     stop = threading.Event()
 
     def camera() -> None:
@@ -293,11 +334,12 @@ def test_event_clipper_waits_for_the_post_roll_then_delivers(
         clipper.event_started("cam1", "evt-1", wall0 + 4.0)
         assert [p.pin_id for p in rec.index.pins()] == ["evt-1"]
         clipper.event_ended("cam1", "evt-1", wall0 + 4.0, wall0 + 6.5)  # post-roll to 8.5 s
+        assert [j.event_id for j in journal.jobs()] == ["evt-1"]  # owed, on disk
         assert publisher.got_clip.wait(20)
     finally:
         stop.set()
         thread.join()
-        clipper.close()
+        clipper.close(time.monotonic() + 5)
     got = publisher.clips[0]
     assert got.event_id == "evt-1" and got.clip_id == "evt-evt-1"
     frames = frame_digests(Path(got.path))
@@ -305,4 +347,144 @@ def test_event_clipper_waits_for_the_post_roll_then_delivers(
     assert first == 2 * FPS  # the keyframe at 2.0 s = event start minus the pre-roll
     assert len(frames) >= round(6.5 * FPS)  # pre-roll + event + post-roll
     assert rec.index.pins() == []  # the file is the publisher's now: no segment held any more
+    assert journal.jobs() == []
     rec.close()
+    journal.close()
+
+
+def clip_dts(path: Path) -> list[int]:
+    with av.open(str(path)) as box:
+        return [int(p.dts) for p in box.demux(box.streams.video[0]) if p.size and p.dts is not None]
+
+
+def test_clips_across_many_joins_have_strictly_increasing_dts(source: Path, tmp_path: Path) -> None:
+    """1 s segments whose wall clocks jitter by up to a frame, as a camera's do: every join of a
+    clip must keep dts strictly increasing (before: the same dts twice in up to 1 clip in 5)."""
+    import random
+    from dataclasses import replace
+
+    rng = random.Random(5)
+    clip: Clip = load_clip(source)
+    wall0 = float(int(time.time()) - 600)
+    rec = Recorder(RecordingConfig(segment_s=1, max_percent=None, min_free_bytes=0), tmp_path)
+    jitter = 0.0
+    for pkt in feed(clip, "cam1", wall0, loops=4):  # 40 s: ~40 segments
+        if pkt.keyframe:
+            jitter = rng.uniform(-0.04, 0.04)  # a segment's start is its keyframe's arrival
+        rec.on_packet(replace(pkt, wallclock=pkt.wallclock + jitter))
+    rec.close()
+    index = SegmentIndex.for_data_dir(tmp_path)
+    try:
+        assert len(index.all_segments()) >= 35
+        bad = 0
+        for n in range(30):
+            start = wall0 + rng.uniform(2, 30)
+            out = tmp_path / f"clip{n}.mp4"
+            cut_clip(index, "cam1", start, start + rng.uniform(2, 6), 1.0, 1.0, out)
+            dts = clip_dts(out)
+            # Contiguous recording: every step one frame (3600 ticks at 90 kHz), joins included.
+            if {b - a for a, b in itertools.pairwise(dts)} != {3600}:
+                bad += 1
+        assert bad == 0, f"{bad} of 30 clips have a join that is not one frame long"
+    finally:
+        index.close()
+
+
+def job(t0: float, t1: float) -> ClipJob:
+    return ClipJob("e1", "cam1", t0 + 5, t1 - 5, t0, t1, created=t1 - 5)
+
+
+def test_clip_due_policy() -> None:
+    """Cut when the post-roll is recorded, at a stop, for a job resumed from before this run's
+    recording began, or once the camera is long overdue; otherwise wait."""
+    j = job(100.0, 120.0)
+
+    def due(covered: float | None, now: float, stopping: bool = False, since: float = 0.0) -> bool:
+        return clip_due(j, covered, now, stopping=stopping, recording_since=since, max_wait_s=14.0)
+
+    assert not due(110.0, 121.0)  # post-roll still being recorded
+    assert due(120.0, 121.0)
+    assert due(110.0, 121.0, stopping=True)  # nothing more will come: cut with what is there
+    assert due(None, 121.0, since=125.0)  # resumed after a restart
+    assert not due(None, 121.0, since=119.0)  # recording (re)started inside the range
+    assert not due(None, 133.9) and due(None, 134.0)  # a camera gone quiet: not forever
+
+
+@pytest.fixture
+def short_ring(source: Path, tmp_path: Path) -> tuple[Path, float]:
+    """10 s of video recorded from wall0, the recorder closed (the cameras stopped)."""
+    clip: Clip = load_clip(source)
+    wall0 = float(int(time.time()) - 120)
+    rec = Recorder(RecordingConfig(segment_s=4, max_percent=None, min_free_bytes=0), tmp_path)
+    for pkt in feed(clip, "cam1", wall0, loops=1):
+        rec.on_packet(pkt)
+    rec.close()
+    return tmp_path, wall0
+
+
+def test_a_stop_cuts_owed_clips_at_once_with_what_is_recorded(
+    short_ring: tuple[Path, float],
+) -> None:
+    """The agent stops 0.5 s after an event whose 5 s post-roll will never be recorded: the clip
+    is cut at once (no waiting for a camera already stopped), its missing tail a gap."""
+    data_dir, wall0 = short_ring
+    journal = EventJournal(data_dir)
+    publisher = CollectingPublisher()
+    clipper = EventClipper(
+        data_dir,
+        journal,
+        publisher,
+        EventsConfig(pre_roll_s=2, post_roll_s=5),
+        segment_s=4,
+        clock=lambda: wall0 + 10.5,  # just after the last recorded frame
+        poll_s=0.05,
+    )
+    clipper.event_started("cam1", "ev-stop", wall0 + 6)
+    clipper.event_ended("cam1", "ev-stop", wall0 + 6, wall0 + 9)
+    assert not publisher.got_clip.wait(0.5)  # running: waiting for the post-roll
+    began = time.monotonic()
+    assert clipper.close(time.monotonic() + 5) == 0
+    assert time.monotonic() - began < 3.0
+    (got,) = publisher.clips
+    assert got.event_id == "ev-stop" and got.end is not None
+    frames = frame_digests(Path(got.path))
+    assert len(frames) >= round(5.5 * FPS)  # from the keyframe before 4 s to the end at 10 s
+    assert journal.jobs() == [] and SegmentIndex.for_data_dir(data_dir).pins() == []
+    journal.close()
+
+
+def test_clips_owed_at_a_stop_past_its_deadline_are_cut_at_the_next_start(
+    short_ring: tuple[Path, float],
+) -> None:
+    data_dir, wall0 = short_ring
+    journal = EventJournal(data_dir)
+    first = CollectingPublisher()
+    clipper = EventClipper(
+        data_dir,
+        journal,
+        first,
+        EventsConfig(pre_roll_s=1, post_roll_s=5),
+        segment_s=4,
+        clock=lambda: wall0 + 10.5,
+    )
+    clipper.event_ended("cam1", "ev-late", wall0 + 2, wall0 + 8)
+    assert clipper.close(time.monotonic()) == 1  # no time left: still owed
+    assert first.clips == [] and [j.event_id for j in journal.jobs()] == ["ev-late"]
+    journal.close()
+    index = SegmentIndex.for_data_dir(data_dir)
+    assert [p.pin_id for p in index.pins()] == ["ev-late"]  # the video is kept meanwhile
+    # a pin left open-ended by an event whose end never came (an older agent's crash)
+    index.add_pin(Pin("ghost", "cam1", wall0, float("inf")), wall0)
+
+    journal = EventJournal(data_dir)  # the next start
+    second = CollectingPublisher()
+    clipper = EventClipper(
+        data_dir, journal, second, EventsConfig(pre_roll_s=1, post_roll_s=5), segment_s=4
+    )
+    assert clipper.resume() == 1
+    assert second.got_clip.wait(10)
+    assert [c.clip_id for c in second.clips] == ["evt-ev-late"]
+    assert clipper.close(time.monotonic() + 5) == 0
+    assert journal.jobs() == [] and index.pins() == []  # delivered, and the ghost released
+    index.close()
+    journal.close()

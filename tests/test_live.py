@@ -56,18 +56,7 @@ REPO = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="module")
 def hevc_clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """An H.265 clip (3 s, keyframe every second), made with ffmpeg's libx265."""
-    ffmpeg = shutil.which("ffmpeg")
-    if ffmpeg is None:
-        pytest.fail("ffmpeg is not installed: run `make setup` (scripts/setup-system)")
-    out = tmp_path_factory.mktemp("hevc") / "hevc.mp4"
-    subprocess.run(
-        [ffmpeg, "-v", "error", "-y", "-f", "lavfi", "-i", "testsrc2=size=320x180:rate=25",
-         "-t", "3", "-c:v", "libx265", "-preset", "ultrafast", "-pix_fmt", "yuv420p",
-         "-x265-params", "keyint=25:min-keyint=25:bframes=0:scenecut=0:log-level=error",
-         str(out)],
-        check=True, capture_output=True, timeout=60,
-    )  # fmt: skip
-    return out
+    return MediaFactory(tmp_path_factory.mktemp("hevc")).hevc_clip(duration=3.0, size=(320, 180))
 
 
 def demux(path: Path, framing: str) -> list[EncodedPacket]:

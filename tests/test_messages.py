@@ -3,6 +3,7 @@ gateway publishes obeys the contract the centre is written against."""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from pathlib import Path
 
@@ -16,7 +17,7 @@ from guetteur.uplink import messages, protocol
 from guetteur.uplink.command_auth import AuthCode
 from guetteur.uplink.protocol import ErrorCode
 from guetteur.uplink.publish import ClipFile
-from tests.contract import validate, validate_payload
+from tests.contract import ContractError, validate, validate_payload
 from tests.test_events import Det, run
 
 WALL = 1_790_000_000.0
@@ -95,6 +96,22 @@ def test_events_from_the_tracker_start_update_end() -> None:
         body = validate_payload("event", protocol.dumps(messages.event(update, "gw1")))
         assert body["id"] == update.message_id and body["type"] == update.kind
     assert body["end"] is not None and body["labels"] == [{"label": "person", "score": 0.812}]
+    assert body["reason"] == "quiet" and body["part"] == 1 and body["previous_event_id"] is None
+
+
+def test_parts_of_a_split_event_and_an_end_after_a_restart() -> None:
+    cfg = EventsConfig(start_frames=1, end_quiet_s=1.0, max_duration_s=2.0)
+    updates = run(EventTracker("cam1", cfg), [(0, 5, True), (5, 7, False)])
+    bodies = [validate_payload("event", protocol.dumps(messages.event(u, "gw1"))) for u in updates]
+    second = [b for b in bodies if b["part"] == 2]
+    assert second and second[0]["previous_event_id"] == bodies[0]["event_id"]
+    assert [b["reason"] for b in bodies if b["type"] == "end"] == ["split", "split", "quiet"]
+    restart = dataclasses.replace(updates[-1], reason="restart")
+    assert validate_payload("event", protocol.dumps(messages.event(restart, "gw1")))["reason"] == (
+        "restart"
+    )
+    with pytest.raises(ContractError):
+        validate("event", {**bodies[-1], "reason": "bored"})
 
 
 def test_snapshot_properties_of_an_event_and_of_a_command() -> None:

@@ -18,7 +18,8 @@ import pytest
 from guetteur.config import OutboxConfig
 from guetteur.uplink import protocol
 from guetteur.uplink.outbox import service
-from guetteur.uplink.outbox.service import InboundMessage, Outbox
+from guetteur.uplink.outbox.interfaces import InboundMessage
+from guetteur.uplink.outbox.service import Outbox
 from guetteur.uplink.protocol import Topics
 from tests.test_outbox import GW, ROOT, audit, event, make_clip, snapshot
 

@@ -18,6 +18,7 @@ from guetteur.record.index import SegmentIndex, parse_segment_name, segment_name
 from guetteur.record.recovery import reconcile
 from guetteur.record.retention import DAY_S
 from guetteur.record.writer import Recorder
+from tests.fixtures.disk import fill
 from tests.recording_agent import Clip, decode_strict, feed, load_clip, make_h264
 
 
@@ -309,19 +310,38 @@ def tiny_partition(tmp_path: Path):  # type: ignore[no-untyped-def]
 @pytest.mark.slow
 def test_disk_full_is_survived(clip_avcc: Clip, tiny_partition: Path) -> None:
     wall0 = time.time() - 7200
-    # No cap at all: only ENOSPC stops the ring from growing.
-    rec = Recorder(config(segment_s=2), tiny_partition)
-    last = None
-    for n, pkt in enumerate(feed(clip_avcc, "cam1", wall0, loops=25)):  # ~24 MB into 12 MB
+    # No cap at all, limits larger than the disk: the headroom keeps the ring from filling it.
+    rec = Recorder(
+        config(segment_s=2, headroom_bytes=1 << 20, reserve_file_bytes=0), tiny_partition
+    )
+    packets = list(feed(clip_avcc, "cam1", wall0, loops=25))  # ~24 MB into 12 MB
+    for n, pkt in enumerate(packets[: len(packets) // 2]):
         rec.on_packet(pkt)
-        last = pkt
         if n % 50 == 0:
             time.sleep(0.01)
+    assert rec.flush()
+    assert rec.stats.write_errors == 0 and rec.stats.segments_purged > 0
+    # Something else fills the partition to the last block: ENOSPC while recording.
+    ballast = fill(tiny_partition)
+    degraded = None
+    for n, pkt in enumerate(packets[len(packets) // 2 :]):
+        rec.on_packet(pkt)
+        if n % 50 == 0:
+            time.sleep(0.01)
+            status = rec.status()
+            if status["state"] == "degraded" and degraded is None:
+                degraded = status["reason"]
+        if n == len(packets) // 4:
+            ballast.unlink()  # the technician frees space: recording resumes by itself
+    assert rec.flush()
+    time.sleep(0.3)
+    status = rec.status()
+    assert status["state"] == "ok", status["reason"]  # the truth again once space is back
+    last = packets[-1]
     rec.close()
-    assert last is not None
     assert rec.stats.write_errors > 0
+    assert degraded is not None and "cam1" in degraded, degraded
     assert any("full" in w for w in rec.warnings())
-    assert rec.stats.segments_purged > 0
     index = SegmentIndex.for_data_dir(tiny_partition)
     end = index.covered_until("cam1")
     assert end is not None and end > last.wallclock - 10  # still recording at the end
@@ -347,4 +367,63 @@ def test_reconcile_looks_only_at_recent_days_unless_asked(clip_avcc: Clip, tmp_p
     assert reconcile(index, recent_days=None).orphans_indexed == 1
     assert len(index.all_segments()) == len(segs) + 1
     check_index(index)
+    index.close()
+
+
+def test_status_while_the_writer_adds_cameras(clip_avcc: Clip, tmp_path: Path) -> None:
+    """status() (the supervisor's thread) reads the cameras while the writer thread adds them."""
+    import sys
+    import threading
+
+    rec = Recorder(config(), tmp_path)
+    delta = next(p for p in feed(clip_avcc, "x", 0.0, loops=1) if not p.keyframe)
+    errors: list[BaseException] = []
+    done = threading.Event()
+
+    def poll() -> None:
+        while not done.is_set():
+            try:
+                rec.status()
+                rec._reserve_bytes()
+            except BaseException as exc:  # what the race raises is the finding
+                errors.append(exc)
+                return
+
+    old = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # switch threads as often as possible
+    poller = threading.Thread(target=poll)
+    poller.start()
+    try:
+        for n in range(20_000):  # each a new camera: waits for its keyframe, but is listed
+            rec.on_packet(replace(delta, camera=f"c{n}"))
+            if n % 500 == 0:
+                assert rec.flush()
+        assert rec.flush()
+    finally:
+        done.set()
+        poller.join()
+        sys.setswitchinterval(old)
+        rec.close()
+    assert errors == []
+
+
+def test_a_disk_full_signal_during_a_pass_is_kept_for_the_next(tmp_path: Path) -> None:
+    """need_free() from the writer thread while the retention thread is between reading and
+    resetting the urgent amount must not be lost."""
+    from guetteur.record.purge import RingPurger
+
+    index = SegmentIndex.for_data_dir(tmp_path)
+    seen: list[int] = []
+    purger: RingPurger
+
+    def writing_reserve() -> int:  # called inside the pass, as the writer may interleave
+        if not seen:
+            purger.need_free(5 << 20)  # the writer meets ENOSPC right now
+        return 0
+
+    purger = RingPurger(index, config(), time.time, writing_reserve, lambda _k, _m: None)
+    purger.run()
+    seen.append(1)
+    limits = purger._limits(purger._take_urgent())
+    assert limits.min_free_bytes == 5 << 20  # before: reset to 0 after it was read
     index.close()

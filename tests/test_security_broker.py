@@ -147,11 +147,11 @@ def test_only_signed_fresh_unique_commands_run_and_every_refusal_is_audited(
         good = signer.sign(GW, "status", {"id": "op1-status"}, "op1", "operator")
         first = send(good, "status")
         replay = send(good, "status")
-        ran = wait_for(
-            lambda: (r := send({"id": f"op1-snap-{time.monotonic()}", **snap}))["ok"] and r,
-            15,
-            "a snapshot once the camera streams",
-        )
+        # Wait for a frame without sending snapshots: each would count against op1's quota of
+        # snapshots per minute, and the quota is checked before anything is audited.
+        wait_for(lambda: running.workers["cam"].last_frame, 15, "the camera's first frame")
+        ran = send({"id": "op1-snap", **snap})
+        assert ran["ok"], ran
         # the body's claims change nothing: operator and priority come from the signature
         claimed = send({"id": "claims", **snap, "operator": "mallory"})
         refusals = {
@@ -191,8 +191,9 @@ def test_only_signed_fresh_unique_commands_run_and_every_refusal_is_audited(
             "operator"
         }
         assert done[0]["key_id"] == signer.key_id
+        assert claimed["ok"], claimed
         claims = wait_for(lambda: audit.for_request("claims"), 10, "audit of the claims")
-        assert claimed["ok"] and {r["operator"] for r in claims} == {"op1"}
+        assert {r["operator"] for r in claims} == {"op1"}
 
 
 @pytest.mark.slow

@@ -10,8 +10,11 @@ from sqlalchemy import update
 
 from guetteur.centre.db.engine import Database
 from guetteur.centre.db.schema import sessions
+from guetteur.uplink import protocol
 from tests.centre.harness import PASSWORD, Centre
 from tests.fixtures.broker import MosquittoBroker
+from tests.fixtures.waiting import wait_for
+from tests.recorder import Recorder
 
 
 @pytest.mark.slow
@@ -124,3 +127,27 @@ def test_accounts_are_managed_by_admins_and_every_change_is_registered(
     assert ("account.enable", "adm1", "v9") in actions
     assert ("account.reset", "adm1", "v9") in actions
     assert ("account.token", "adm1", "v9") in actions
+
+
+@pytest.mark.slow
+def test_marking_an_event_handled_needs_the_event_and_shows_who_and_why(
+    broker: MosquittoBroker, centre_server: Callable[..., Centre]
+) -> None:
+    """The console's "mark as handled": kept in the register under the event's camera, shown
+    with the event; an event the centre never received is refused (it used to be registered)."""
+    centre = centre_server(broker)
+    gateway = Recorder(broker.url, "unused/#").start()
+    try:
+        body = {"id": "e1:0", "event_id": "e1", "type": "start", "seq": 0, "score": 0.5}
+        gateway.publish_raw(f"{protocol.DEFAULT_ROOT}/gwx/cam/cam7/event", protocol.dumps(body))
+        op = centre.login("op1")
+        wait_for(lambda: op.ok("GET", "/api/events")["events"], 10, "the event stored")
+    finally:
+        gateway.stop()
+    assert op.error("POST", "/api/events/gwx/nope/handled", {"comment": "?"}) == (404, "not_found")
+    assert op.ok("GET", "/api/events/gwx/e1")["handled"] == []
+    op.ok("POST", "/api/events/gwx/e1/handled", {"comment": "Patrouille prévenue"})
+    handled = op.ok("GET", "/api/events/gwx/e1")["handled"]
+    assert [(h["operator"], h["comment"]) for h in handled] == [("op1", "Patrouille prévenue")]
+    rows = centre.login("aud1").ok("GET", "/api/register", action="event.handled")["rows"]
+    assert [(r["camera"], r["detail"]["event_id"]) for r in rows] == [("cam7", "e1")]

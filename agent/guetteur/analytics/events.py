@@ -10,7 +10,15 @@ wall-clock times that go on the wire come from ``AnalyticFrame.wallclock``.
   once a required label is detected during it.
 - Updates go out at most every ``update_interval_s`` and only when something changed.
 - The event ends after ``end_quiet_s`` without motion; its end is the last motion frame.
-- An event longer than ``max_duration_s`` ends and a new one starts, so clips stay bounded.
+- An event longer than ``max_duration_s`` is split into linked parts (``part`` 1, 2...; each
+  names the ``previous_event_id``), each with its own end and clip, so the centre sees video
+  while it still matters: the part ends at the first motion frame past the cap and the next part
+  starts on that same frame (no hole between parts). Splitting only on a motion frame keeps
+  ends truthful: motion that stops near the cap ends the event as ``quiet`` (a part then lasts
+  at most ``max_duration_s + end_quiet_s``).
+- Every end says why (``reason``): ``quiet``, ``split``, ``stop`` (camera or agent stopping),
+  ``discontinuity`` (stream time jumped) or ``restart`` (closed at start-up after a crash, by
+  ``runtime.event_journal``).
 - The best frame (highest motion score, or best detection) becomes the JPEG snapshot; when the
   snapshot may not be shown (``SnapshotWithheld``: a PTZ dome away from every preset whose
   privacy masks are known), the event says why instead.
@@ -33,6 +41,7 @@ from guetteur.media.types import AnalyticFrame, Box
 from guetteur.timeutil import clock_synchronised
 
 EventKind = Literal["start", "update", "end"]
+EndReason = Literal["quiet", "split", "stop", "discontinuity", "restart"]
 Category = Literal["detection", "alert"]
 
 
@@ -96,6 +105,9 @@ class EventUpdate:
     rule: str | None = None  # the rule that made it an alert
     preset: str | None = None  # the PTZ preset the camera was at when it started
     snapshot_withheld: str | None = None  # why no snapshot may be shown, when so
+    part: int = 1  # 1 for an event, 2, 3... for the parts continuing a split one
+    previous_event_id: str | None = None  # the part this one continues
+    reason: EndReason | None = None  # why it ended (end only)
 
     @property
     def message_id(self) -> str:
@@ -121,6 +133,8 @@ class _Active:
     rule: str | None = None
     preset: str | None = None
     withheld: str | None = None
+    part: int = 1
+    previous_event_id: str | None = None
 
 
 def encode_jpeg(image: np.ndarray, quality: int, max_width: int) -> bytes:
@@ -178,7 +192,7 @@ class EventTracker:
         out: list[EventUpdate] = []
         t = frame.pts_s
         if self._last_pts is not None and (t < self._last_pts or t - self._last_pts > _MAX_GAP_S):
-            out += self._discontinuity()
+            out += self._discontinuity("discontinuity")
         self._last_pts = t
 
         if self._active is None:
@@ -208,7 +222,7 @@ class EventTracker:
 
     def flush(self) -> list[EventUpdate]:
         """End the running event now (camera stopped, agent shutting down)."""
-        return self._discontinuity()
+        return self._discontinuity("stop")
 
     # -- states ------------------------------------------------------------------------------
 
@@ -218,6 +232,7 @@ class EventTracker:
         result: MotionLike,
         detections: Sequence[DetectionLike],
         out: list[EventUpdate],
+        continues: _Active | None = None,
     ) -> None:
         if not result.motion:
             self._run_start = None
@@ -243,6 +258,10 @@ class EventTracker:
             labels=dict(self._run_labels),
             last_emit_s=frame.pts_s,
         )
+        if continues is not None:  # the next part of a split event: same alert, same view
+            ev = self._active
+            ev.part, ev.previous_event_id = continues.part + 1, continues.event_id
+            ev.rule, ev.preset = continues.rule, continues.preset
         self._observe(self._active, frame, result, detections)
         out.append(self._emit("start"))
 
@@ -261,23 +280,23 @@ class EventTracker:
             ev.last_motion_wall = frame.wallclock
             self._observe(ev, frame, result, detections)
         if t - ev.last_motion_s >= self.config.end_quiet_s:
-            out.append(self._end())
+            out.append(self._end("quiet"))
             return
-        if t - ev.start_s >= self.config.max_duration_s:
-            out.append(self._end())
-            if result.motion:  # still moving: carry on as a new event
-                self._run_start = (t, frame.wallclock)
-                self._run_frames = self.config.start_frames
-                self._idle(frame, result, detections, out)
+        if t - ev.start_s >= self.config.max_duration_s and result.motion:
+            out.append(self._end("split"))  # still moving: the next part starts on this frame
+            self._run_start = (t, frame.wallclock)
+            self._run_frames = self.config.start_frames
+            self._run_labels = dict(ev.labels)  # a required label seen stays seen
+            self._idle(frame, result, detections, out, continues=ev)
             return
         if ev.changed and t - ev.last_emit_s >= self.config.update_interval_s:
             out.append(self._emit("update"))
 
-    def _discontinuity(self) -> list[EventUpdate]:
+    def _discontinuity(self, reason: EndReason) -> list[EventUpdate]:
         self._run_start = None
         self._run_frames = 0
         self._run_labels = {}
-        return [self._end()] if self._active else []
+        return [self._end(reason)] if self._active else []
 
     # -- helpers -----------------------------------------------------------------------------
 
@@ -332,6 +351,8 @@ class EventTracker:
             category="alert" if ev.rule else "detection",
             rule=ev.rule,
             preset=ev.preset,
+            part=ev.part,
+            previous_event_id=ev.previous_event_id,
         )
         update.snapshot_withheld = ev.withheld
         ev.seq += 1
@@ -339,12 +360,13 @@ class EventTracker:
         ev.last_emit_s = ev.last_motion_s if kind == "start" else (self._last_pts or ev.start_s)
         return update
 
-    def _end(self) -> EventUpdate:
+    def _end(self, reason: EndReason) -> EventUpdate:
         ev = self._active
         assert ev is not None
         update = self._emit("end")
         update.end_s = ev.last_motion_s
         update.end_wall = ev.last_motion_wall
+        update.reason = reason
         self._active = None
         self._run_start = None
         self._run_frames = 0

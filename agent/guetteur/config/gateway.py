@@ -24,7 +24,14 @@ class EventsConfig(ConfigSection):
         2.0, gt=0, description="Shortest interval between two updates of one event"
     )
     max_duration_s: float = Field(
-        600.0, gt=0, description="An event longer than this is ended and a new one started"
+        120.0,
+        gt=0,
+        le=3600,
+        description=(
+            "Longest part of an event, in seconds: a longer one is split into linked parts "
+            "(part, previous_event_id), each with its end and its clip, so the centre gets "
+            "video while it matters"
+        ),
     )
     snapshot_quality: int = Field(85, ge=10, le=100, description="JPEG quality of snapshots")
     snapshot_width: int = Field(640, ge=64, le=3840, description="Largest width of snapshots")
@@ -71,7 +78,37 @@ class RecordingConfig(ConfigSection):
     write_buffer_bytes: int = Field(
         1 << 20,
         ge=4096,
-        description="Size of the write buffer: video reaches the disk in blocks this large",
+        description="Size of the write buffer: video reaches the disk in blocks this large, "
+        "flushed at every keyframe and every sync_interval_s",
+    )
+    sync_interval_s: float = Field(
+        1.0,
+        ge=0,
+        le=60,
+        description="Longest time between two flushes (and fdatasync) of the segment being "
+        "written: a kill -9 or a power cut loses at most this much video, or one GOP; 0: "
+        "flushed at keyframes only and synced only when a segment closes (a power cut may then "
+        "lose a whole segment)",
+    )
+    headroom_bytes: int = Field(
+        16 << 20,
+        ge=0,
+        description="Free space kept for the gateway's databases whatever the size limits say "
+        "(the segments being written get their own room on top): the oldest recordings go, "
+        "even those pinned for an event clip, a camera's newest segment never",
+    )
+    reserve_file_bytes: int = Field(
+        8 << 20,
+        ge=0,
+        description="Space set aside in {data_dir}/reserve.bin for the databases: released when "
+        "one meets a full disk (undelivered events are never dropped), recreated once there is "
+        "room; 0: no reserve file",
+    )
+    pin_max_s: float = Field(
+        3600.0,
+        gt=0,
+        description="Longest time after its start that an event clip's pin holds recordings "
+        "against the size limits (an event left open by a crash cannot hold them for a month)",
     )
     export_max_s: float = Field(3600.0, gt=0, description="Longest range one export may cover")
 

@@ -2,7 +2,7 @@
 
 ``cut_clip`` starts at the last keyframe at or before the wanted start (so the clip holds the
 whole pre-roll) and stops once the wanted end is covered. ``ExportService`` answers ``cmd/export``
-and hands the finished MP4 to the publisher; ``EventClipper`` does the same for events.
+and hands the finished MP4 to the publisher; event clips are jobs (``record.clip_jobs``).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
@@ -23,10 +23,9 @@ from typing import Any
 import av
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from guetteur.config import EventsConfig, GuetteurConfig
+from guetteur.config import GuetteurConfig
 from guetteur.errors import GuetteurError
 from guetteur.record.index import Segment, SegmentIndex
-from guetteur.record.writer import Recorder
 from guetteur.timeutil import iso_ms, parse_iso
 from guetteur.uplink.commands import CommandContext, CommandDispatcher, CommandError
 from guetteur.uplink.protocol import ErrorCode, valid_id
@@ -149,11 +148,18 @@ def cut_clip(
                     clip_start = walls[chosen[0]]
                     output.metadata["creation_time"] = iso_ms(clip_start)
                 assert clip_start is not None
-                # Place each segment on the clip's wall-clock timeline (gaps stay gaps).
+                # Place each segment on the clip's wall-clock timeline (gaps stay gaps). Its start
+                # is when its keyframe arrived, which jitters: a segment that follows the last one
+                # within GAP_TOLERANCE_S is joined one frame after it, so a join neither repeats
+                # a timestamp (two 90 kHz ticks apart become one in a coarser MP4 timescale) nor
+                # shows a one-tick frame or a small false hole.
                 offset = round((seg.start - clip_start) / tb) - first_pts
                 first_dts = pkts[chosen[0]][2]
-                if last_dts is not None and first_dts + offset <= last_dts:
-                    offset = last_dts + 1 - first_dts  # overlap by jitter: keep dts increasing
+                if last_dts is not None:
+                    frame = round(step / float(tb)) or 1
+                    joined = last_dts + frame - first_dts
+                    if offset < joined or (offset - joined) * tb < GAP_TOLERANCE_S:
+                        offset = joined
                 for i in chosen:
                     p, pts, dts = pkts[i]
                     p.pts = pts + offset
@@ -184,9 +190,15 @@ def cut_clip(
 
 
 def wait_for_recording(
-    index: SegmentIndex, camera: str, until: float, timeout: float, poll_s: float = 0.25
+    index: SegmentIndex,
+    camera: str,
+    until: float,
+    timeout: float,
+    poll_s: float = 0.25,
+    stop: threading.Event | None = None,
 ) -> bool:
-    """Wait until the index covers ``camera`` up to ``until`` (works across processes)."""
+    """Wait until the index covers ``camera`` up to ``until`` (works across processes); False
+    after ``timeout``, or at once when ``stop`` is set (the agent stopping)."""
     deadline = time.monotonic() + timeout
     while True:
         end = index.covered_until(camera)
@@ -194,7 +206,10 @@ def wait_for_recording(
             return True
         if time.monotonic() >= deadline:
             return False
-        time.sleep(poll_s)
+        if stop is None:
+            time.sleep(poll_s)
+        elif stop.wait(poll_s):
+            return False
 
 
 # --------------------------------------------------------------------------------------------
@@ -308,6 +323,8 @@ class ExportService:
         self._pending = 0
         self._max_pending = max_pending
         self._lock = threading.Lock()
+        self._stopping = threading.Event()
+        self._queued: list[Future[None]] = []
 
     def register(self, dispatcher: CommandDispatcher) -> None:
         dispatcher.register("export", ExportRequest, self.handle)
@@ -343,7 +360,9 @@ class ExportService:
                 )
             self._pending += 1
         clip_id = f"exp-{uuid.uuid4().hex}"
-        self._pool.submit(self._cut, clip_id, req.camera, t0, t1, ctx.request_id)
+        future = self._pool.submit(self._cut, clip_id, req.camera, t0, t1, ctx.request_id)
+        with self._lock:
+            self._queued = [f for f in self._queued if not f.done()] + [future]
         log.info(
             "export %s of %s %s..%s accepted (request %s, %d gaps)",
             clip_id,
@@ -364,7 +383,15 @@ class ExportService:
     def _cut(self, clip_id: str, camera: str, t0: float, t1: float, request_id: str | None) -> None:
         try:
             # A range ending in the segment being written waits for that segment to close.
-            wait_for_recording(self.index, camera, t1, self.config.recording.segment_s * 2 + 10)
+            wait = self.config.recording.segment_s * 2 + 10
+            wait_for_recording(self.index, camera, t1, wait, stop=self._stopping)
+            if self._stopping.is_set():
+                log.error(
+                    "export %s of %s not cut: the agent is stopping; ask for it again",
+                    clip_id,
+                    camera,
+                )
+                return
             out = self.out_dir / f"{clip_id}.mp4"
             result = cut_clip(self.index, camera, t0, t1, 0.0, 0.0, out)
             self.publisher.submit_clip(
@@ -387,74 +414,12 @@ class ExportService:
                 self._pending -= 1
 
     def close(self) -> None:
+        """At a stop: an export waiting for its recording gives up at once (the cameras have
+        stopped), those not started are dropped with a log line (the centre asks again); an
+        export already being cut finishes. Exports are on demand, not owed like event clips."""
+        self._stopping.set()
+        with self._lock:
+            dropped = sum(f.cancel() for f in self._queued)  # True for those not started
         self._pool.shutdown(wait=True)
-
-
-class EventClipper:
-    """Clips for events: pin the range at event start (so retention keeps it), cut once the
-    post-roll is recorded, hand the MP4 to the publisher, unpin (the publisher owns the file)."""
-
-    def __init__(
-        self,
-        recorder: Recorder,
-        publisher: Publisher,
-        events: EventsConfig,
-        out_dir: Path,
-    ) -> None:
-        self.recorder = recorder
-        self.publisher = publisher
-        self.events = events
-        self.out_dir = Path(out_dir)
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="event-clip")
-
-    def event_started(self, camera: str, event_id: str, start: float) -> None:
-        # Open-ended until the end is known; the legal maximum still bounds it.
-        self.recorder.pin(camera, start - self.events.pre_roll_s, float("inf"), event_id)
-
-    def event_ended(self, camera: str, event_id: str, start: float, end: float) -> None:
-        if not valid_id(event_id):
-            log.error("no clip for event %r of %s: not a valid id", event_id, camera)
-            return
-        self.recorder.pin(
-            camera,
-            start - self.events.pre_roll_s,
-            end + self.events.post_roll_s,
-            event_id,
-        )
-        self._pool.submit(self._cut, camera, event_id, start, end)
-
-    def _cut(self, camera: str, event_id: str, start: float, end: float) -> None:
-        until = end + self.events.post_roll_s
-        try:
-            wait = self.recorder.config.segment_s * 2 + 10
-            if not self.recorder.wait_indexed(camera, until, wait):
-                log.warning("clip of event %s (%s): post-roll not fully recorded", event_id, camera)
-            clip_id = f"evt-{event_id}"
-            result = cut_clip(
-                self.recorder.index,
-                camera,
-                start,
-                end,
-                self.events.pre_roll_s,
-                self.events.post_roll_s,
-                self.out_dir / f"{clip_id}.mp4",
-            )
-            self.publisher.submit_clip(
-                ClipFile(
-                    clip_id=clip_id,
-                    path=str(result.path),
-                    camera=camera,
-                    event_id=event_id,
-                    start=iso_ms(result.start),
-                    end=iso_ms(result.end),
-                )
-            )
-        except ClipError as exc:
-            log.error("no clip for event %s of %s: %s", event_id, camera, exc.message)
-        except Exception:
-            log.exception("no clip for event %s of %s", event_id, camera)
-        finally:
-            self.recorder.unpin(event_id)
-
-    def close(self) -> None:
-        self._pool.shutdown(wait=True)
+        if dropped:
+            log.error("stopping: %d export(s) not started are dropped; ask again", dropped)

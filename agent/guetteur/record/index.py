@@ -299,6 +299,44 @@ class SegmentIndex:
             rows = self._db.execute("SELECT id, camera, t0, t1 FROM pins").fetchall()
         return [Pin(r[0], r[1], float(r[2]), float(r[3])) for r in rows]
 
+    def newest_ids(self) -> set[int]:
+        """The id of each camera's newest segment (retention always keeps them). Asked at every
+        retention pass: camera by camera through the (camera, end) index, a few lookups instead
+        of a scan of a month of segments (a GROUP BY took 1 s on a million rows)."""
+        ids: set[int] = set()
+        camera = ""
+        with self._lock:
+            while True:
+                found = self._db.execute(
+                    "SELECT camera FROM segments WHERE camera > ? ORDER BY camera LIMIT 1",
+                    (camera,),
+                ).fetchone()
+                if found is None:
+                    return ids
+                camera = found[0]
+                row = self._db.execute(
+                    "SELECT id FROM segments WHERE camera = ? ORDER BY end DESC LIMIT 1", (camera,)
+                ).fetchone()
+                ids.add(int(row[0]))
+
+    def close_open_pins(self, max_span_s: float) -> list[Pin]:
+        """Give the pins a crash left open (no end: their event never ended) an end: what the
+        index covers of their camera, at most ``max_span_s`` after their start. They keep their
+        range for the clip still owed, and no longer pin every later segment. Returns them."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT p.id, p.camera, p.t0, (SELECT MAX(end) FROM segments s "
+                "WHERE s.camera = p.camera) FROM pins p WHERE p.t1 = ?",
+                (float("inf"),),
+            ).fetchall()
+            closed = []
+            for pin_id, camera, t0, covered in rows:
+                t1 = min(float(covered) if covered is not None else t0, t0 + max_span_s)
+                t1 = max(t1, t0)
+                self._db.execute("UPDATE pins SET t1 = ? WHERE id = ?", (t1, pin_id))
+                closed.append(Pin(pin_id, camera, float(t0), t1))
+        return closed
+
     def drop_pins_older_than(self, cutoff: float) -> int:
         """Pins whose range is entirely older than the legal maximum protect nothing any more."""
         with self._lock:

@@ -5,7 +5,11 @@ an interruption can leave the file that was being written (cut anywhere, maybe w
 tail) and, with ``synchronous=NORMAL``, a closed file whose index insert was lost. ``reconcile``
 (at start-up) cuts such files back to their last whole video packet (``repair_and_probe``) and
 indexes them, and forgets index rows whose file is gone. MPEG-TS makes that possible: a file cut
-anywhere is still playable up to its last whole packet (see docs/recording.md).
+anywhere is still playable up to its last whole packet (see docs/recording.md); the recorder
+flushes the open file at every keyframe, so what is cut off is at most the last GOP.
+
+``start_up`` is reconcile as the recorder runs it: it survives a full disk (the reserve file,
+``record/reserve.py``, then a retention pass) and closes the pins a crash left open.
 """
 
 from __future__ import annotations
@@ -13,13 +17,17 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-from dataclasses import dataclass
+import sqlite3
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import av
 
+from guetteur.record import reserve
 from guetteur.record.index import SegmentIndex, parse_segment_name
+from guetteur.record.purge import RingPurger, is_disk_full
 from guetteur.record.segment import TS_TIME_BASE
+from guetteur.timeutil import iso_ms
 from guetteur.uplink.protocol import valid_id
 
 log = logging.getLogger(__name__)
@@ -132,6 +140,41 @@ def repair_and_probe(path: Path) -> SegmentProbe | None:
     return probe
 
 
+def salvage(index: SegmentIndex, rel: str, camera: str, start: float) -> bool:
+    """Index what a segment that could not be finished (a write error) holds whole, or forget
+    it; True when something was kept."""
+    path = index.root / rel
+    probe = repair_and_probe(path)
+    for attempt in (1, 2):
+        try:
+            if probe is None:
+                index.unmark_writing(rel)
+                return False
+            index.add(
+                camera,
+                start,
+                start + probe.duration_s,
+                rel,
+                path.stat().st_size,
+                probe.codec,
+                probe.width,
+                probe.height,
+                probe.packets,
+            )
+            return True
+        except (OSError, sqlite3.Error) as err:
+            # A full disk: the databases' reserve is for this too (else an unindexed file
+            # would hold space retention cannot see until the next start).
+            if (
+                attempt == 1
+                and is_disk_full(err)
+                and reserve.release(index.root.parent, "the recordings index")
+            ):
+                continue
+            log.error("recording %s: cannot index salvaged segment %s: %s", camera, rel, err)
+    return False
+
+
 @dataclass
 class ReconcileReport:
     checked: int = 0
@@ -139,6 +182,8 @@ class ReconcileReport:
     repaired: int = 0  # partial files cut back and indexed
     orphans_indexed: int = 0
     removed_files: int = 0  # files with nothing playable left
+    pins_closed: int = 0  # pins a crash left without an end
+    failed: str | None = field(default=None)  # why reconcile could not finish (full disk)
 
 
 def reconcile(index: SegmentIndex, recent_days: int | None = 2) -> ReconcileReport:
@@ -215,4 +260,52 @@ def reconcile(index: SegmentIndex, recent_days: int | None = 2) -> ReconcileRepo
     for day_dir in day_dirs:
         with contextlib.suppress(OSError):
             day_dir.rmdir()  # only succeeds when empty
+    return report
+
+
+def start_up(index: SegmentIndex, purger: RingPurger, pin_max_s: float) -> ReconcileReport:
+    """``reconcile`` at the recorder's start, surviving a full disk: when the index cannot
+    commit, the reserve file is released, a retention pass frees space (files first when the
+    index cannot even record a deletion) and reconcile runs again. If it still cannot finish,
+    the recorder starts anyway (the report says why) rather than leave the gateway down.
+    Then the pins a crash left open get an end (``SegmentIndex.close_open_pins``)."""
+    try:
+        report = reconcile(index)
+    except (sqlite3.Error, OSError) as exc:
+        if not is_disk_full(exc):
+            raise
+        log.error(
+            "recordings in %s: disk full at start-up; releasing the reserve and purging the "
+            "oldest segments before reconciling again",
+            index.root,
+        )
+        if purger.data_dir is not None:
+            reserve.release(purger.data_dir, "the recordings index")
+        try:
+            purger.run()
+            report = reconcile(index)
+        except (sqlite3.Error, OSError) as again:
+            if not is_disk_full(again):
+                raise
+            log.error(
+                "recordings in %s: still no room to reconcile (%s); recording starts anyway "
+                "and retention keeps freeing space",
+                index.root,
+                again,
+            )
+            return ReconcileReport(failed=f"disk full: {again}")
+    try:
+        closed = index.close_open_pins(pin_max_s)
+    except sqlite3.Error as exc:
+        log.error("recordings: cannot close the pins left open by a crash: %s", exc)
+        closed = []
+    for pin in closed:
+        log.warning(
+            "recording %s: event %s was still open when the agent stopped; its pin now ends at "
+            "%s (what was recorded)",
+            pin.camera,
+            pin.pin_id,
+            iso_ms(pin.t1),
+        )
+    report.pins_closed = len(closed)
     return report

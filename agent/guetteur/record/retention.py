@@ -10,12 +10,19 @@ Order of the rules, whichever bites first:
    every segment that starts before ``now - legal_max_age`` — pinned or not;
 2. the configured maximum age deletes older segments, except those pinned by an undelivered clip;
 3. the size cap (bytes, or a percentage of the partition, the smaller) and the free-space floor
-   delete the oldest unpinned segments until both hold again.
+   delete the oldest unpinned segments until both hold again;
+4. the headroom — the free space the gateway needs to keep writing (the segments being written,
+   its databases) — holds whatever the configured sizes say, even against pins: without it
+   nothing records, not even the rest of the pinned event, and undelivered events cannot be
+   queued. Only the legal and age rules ever delete a camera's newest segment (``keep``).
+
+A pin protects at most ``Limits.pin_max_s`` after its start: an event left open by a crash (a pin
+with no end) cannot switch size retention off for its camera.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 
 DAY_S = 86400.0
@@ -42,8 +49,9 @@ class Pin:
     t0: float
     t1: float
 
-    def covers(self, seg: SegmentRef) -> bool:
-        return seg.camera == self.camera and seg.start < self.t1 and seg.end > self.t0
+    def covers(self, seg: SegmentRef, max_span_s: float | None = None) -> bool:
+        t1 = self.t1 if max_span_s is None else min(self.t1, self.t0 + max_span_s)
+        return seg.camera == self.camera and seg.start < t1 and seg.end > self.t0
 
 
 @dataclass(frozen=True)
@@ -56,6 +64,8 @@ class Limits:
     max_percent: float | None = None
     min_free_bytes: int = 0
     reserve_bytes: int = 0  # room kept for the segments being written right now
+    headroom_bytes: int = 0  # free space kept whatever the other limits and the pins say
+    pin_max_s: float | None = None  # a pin protects at most this long after its start
 
     def size_cap(self, partition_bytes: int | None) -> int | None:
         """The smaller of the byte cap and the percentage cap, minus the reserve."""
@@ -80,7 +90,7 @@ class PurgePlan:
     """Segments to delete, why, and what could not be met because of pins."""
 
     delete: list[SegmentRef] = field(default_factory=list)
-    reasons: dict[int, str] = field(default_factory=dict)  # segment id → legal | age | size
+    reasons: dict[int, str] = field(default_factory=dict)  # id → legal | age | size | space
     shortfall_bytes: int = 0  # bytes still over the cap/floor because pinned segments were kept
     kept_pinned: int = 0
 
@@ -96,9 +106,11 @@ def plan_purge(
     limits: Limits,
     pins: Sequence[Pin] = (),
     disk: DiskState | None = None,
+    keep: Collection[int] = (),
 ) -> PurgePlan:
     """Decide which segments to delete. ``oldest_first`` is read lazily and only as far as needed,
-    so a month of segments costs nothing when nothing is due."""
+    so a month of segments costs nothing when nothing is due. ``keep``: ids of segments the size
+    and space rules never delete (each camera's newest: the ring always holds the latest video)."""
     plan = PurgePlan()
     legal_cutoff = now - limits.legal_max_age_s
     age_cutoff = now - limits.max_age_s if limits.max_age_s is not None else None
@@ -107,6 +119,9 @@ def plan_purge(
     under_floor = limits.min_free_bytes - disk.free_bytes if disk is not None else 0
     # Deleting a segment frees its size on the partition and removes it from the total alike.
     to_free = max(over_cap, under_floor, 0)
+    # What the headroom needs is owed even by pinned segments.
+    space_owed = max(limits.headroom_bytes - disk.free_bytes, 0) if disk is not None else 0
+    to_free = max(to_free, space_owed)
 
     for seg in oldest_first:
         legal_due = seg.start < legal_cutoff
@@ -115,13 +130,20 @@ def plan_purge(
             break  # sorted oldest first: nothing younger is due either
         if legal_due:
             reason = "legal"
-        else:
-            if any(p.covers(seg) for p in pins):
+        elif any(p.covers(seg, limits.pin_max_s) for p in pins):
+            if space_owed <= 0 or seg.segment_id in keep:
                 plan.kept_pinned += 1
                 continue
-            reason = "age" if age_due else "size"
+            reason = "space"
+        elif age_due:
+            reason = "age"
+        elif seg.segment_id in keep:
+            continue
+        else:
+            reason = "size" if to_free > space_owed else "space"
         plan.delete.append(seg)
         plan.reasons[seg.segment_id] = reason
         to_free -= seg.size
+        space_owed -= seg.size
     plan.shortfall_bytes = max(to_free, 0)
     return plan

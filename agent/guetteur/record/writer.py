@@ -1,24 +1,21 @@
 """Ring-buffer recording: every camera's encoded packets, never re-encoded, in MPEG-TS segments.
 
 Each segment starts on a keyframe and is about ``segment_s`` long (``record/segment.py`` writes
-one file; ``record/index.py`` lists the closed ones). Why MPEG-TS: see docs/recording.md (a file
-cut anywhere is still playable up to its last whole packet, and in-band parameter sets need no
-header up front): packets are rewritten as Annex B with the parameter sets before keyframes
-(``guetteur.media.bitstream``).
+one file; ``record/index.py`` lists the closed ones). Why MPEG-TS: see docs/recording.md.
 
 Threads: ``on_packet`` (the source's thread) only appends to a bounded in-memory queue; one writer
-thread muxes, writes through a large buffer and fsyncs once per segment, at close, before the
-segment enters the index; one retention thread runs ``record/purge.py`` (the plans of
-``record/retention.py``, executed).
-A kill -9 or a power cut therefore leaves an index that lists only fsynced, complete segments; at
-start-up ``reconcile`` (``record/recovery.py``) repairs the file that was being written (cut back
-to its last whole packet) and indexes or removes orphans.
+thread muxes, flushes the file at every keyframe (fdatasync at most every ``sync_interval_s``)
+and fsyncs each segment at close, before it enters the index; one retention thread runs
+``record/purge.py``. A kill -9 or a power cut thus loses at most the last GOP or second:
+``reconcile`` (``record/recovery.py``) cuts the open segment back to its last whole packet and
+indexes it at the next start.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import shutil
 import sqlite3
 import threading
 import time
@@ -31,13 +28,14 @@ from typing import Any
 import av
 
 from guetteur.config import RecordingConfig
-from guetteur.media.bitstream import CODECS, AnnexBConverter, BitstreamError, parse_extradata
+from guetteur.media.bitstream import CODECS, AnnexBConverter, BitstreamError
 from guetteur.media.types import EncodedPacket, StreamInfo
+from guetteur.record import reserve
 from guetteur.record.index import SegmentIndex
 from guetteur.record.purge import RingPurger, is_disk_full
-from guetteur.record.recovery import reconcile, repair_and_probe
+from guetteur.record.recovery import salvage, start_up
 from guetteur.record.retention import Pin, PurgePlan
-from guetteur.record.segment import OpenSegment
+from guetteur.record.segment import OpenSegment, annexb_converter
 from guetteur.timeutil import iso_ms
 from guetteur.uplink.protocol import valid_id
 
@@ -45,7 +43,6 @@ log = logging.getLogger(__name__)
 
 _QUEUE_MAX_BYTES = 32 << 20  # ~1 min of a 4 Mbit/s camera: absorbs a slow fsync or purge
 _IDLE_CLOSE_S = 5.0  # a camera silent this long gets its segment closed (and indexed)
-_MAX_STEP_S = 5.0  # a jump in stream or wall time larger than this starts a new segment
 _WARNING_TTL_S = 900.0
 _PURGE_INTERVAL_S = 30.0
 
@@ -89,10 +86,26 @@ class Recorder:
         self.data_dir = Path(data_dir)
         self.clock = clock
         self.stats = RecorderStats()
+        self._cameras: dict[str, _CameraState] = {}  # inserted by the writer thread only
+        self._cameras_lock = threading.Lock()  # held to insert, and to read from other threads
+        self._warnings: dict[str, tuple[float, str]] = {}
+        self._warn_lock = threading.Lock()
+        # Opening the index on a full disk may need room (WAL files): the reserve goes first.
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        if shutil.disk_usage(self.data_dir).free < config.headroom_bytes:
+            reserve.release(self.data_dir, "the recordings index")
         self.index = SegmentIndex.for_data_dir(self.data_dir)
         self.rec_dir = self.index.root
+        self._ring_purger = RingPurger(
+            self.index,
+            config,
+            clock,
+            reserve_bytes=self._reserve_bytes,
+            warn=self._warn,
+            data_dir=self.data_dir,
+        )
         started = time.monotonic()
-        self.reconcile_report = reconcile(self.index)
+        self.reconcile_report = start_up(self.index, self._ring_purger, config.pin_max_s)
         log.info(
             "recordings in %s reconciled in %.2f s: %s",
             self.rec_dir,
@@ -106,14 +119,10 @@ class Recorder:
         self._cv = threading.Condition()
         self._closing = False
         self._busy = False  # the writer holds a batch taken from the queue
-        self._cameras: dict[str, _CameraState] = {}
-        self._warnings: dict[str, tuple[float, str]] = {}
-        self._warn_lock = threading.Lock()
+        # camera → why its writes fail (French, English); cleared when a segment is written
+        self._failing: dict[str, tuple[str, str]] = {}
         self._indexed = threading.Condition()
         self._purge_wake = threading.Event()
-        self._ring_purger = RingPurger(
-            self.index, config, clock, reserve_bytes=self._reserve_bytes, warn=self._warn
-        )
         self._purge_interval = purge_interval_s
         self._stop_purge = threading.Event()
         self._retention_lock = threading.Lock()
@@ -166,12 +175,34 @@ class Recorder:
                 del self._warnings[key]
             return [msg for _, msg in self._warnings.values()]
 
+    def degraded_reason(self) -> str | None:
+        """Why recording is degraded (some camera cannot write, the partition is short of space,
+        the databases' reserve is in use), French first then English, or None. Cheap: no index
+        query."""
+        with self._cameras_lock:
+            failing = sorted(self._failing.items())
+        reasons = [
+            (f"enregistrement de {cam} arrêté : {fr}", f"recording of {cam} stopped: {en}")
+            for cam, (fr, en) in failing
+        ]
+        reasons += self._ring_purger.space_reasons()
+        if not reasons:
+            return None
+        return "; ".join(fr for fr, _ in reasons) + " / " + "; ".join(en for _, en in reasons)
+
     def status(self) -> dict[str, Any]:
+        """The recording part of the gateway status: ``state`` is ``degraded`` with a ``reason``
+        while ``degraded_reason`` says so."""
         oldest = self.index.oldest_start()
+        with self._cameras_lock:
+            recording = sorted(c for c, s in self._cameras.items() if s.segment is not None)
+        reason = self.degraded_reason()
         return {
+            "state": "degraded" if reason else "ok",
+            "reason": reason,
             "bytes": self.index.total_bytes(),
             "oldest": iso_ms(oldest) if oldest is not None else None,
-            "recording": sorted(c for c, s in self._cameras.items() if s.segment is not None),
+            "recording": recording,
             "warnings": self.warnings(),
         }
 
@@ -260,7 +291,9 @@ class Recorder:
             if not valid_id(pkt.camera):
                 log.error("not recording camera %r: not a valid camera id", pkt.camera)
                 return
-            state = self._cameras[pkt.camera] = _CameraState()
+            state = _CameraState()
+            with self._cameras_lock:
+                self._cameras[pkt.camera] = state
         state.last_seen_mono = time.monotonic()
         seg = state.segment
         if resync:
@@ -277,9 +310,9 @@ class Recorder:
                 )
             self._close_segment(state)
             state.stream = pkt.stream
-            state.annexb = self._converter(pkt)
+            state.annexb = annexb_converter(pkt)
             state.need_keyframe = True
-        elif seg is not None and self._discontinuous(seg, pkt):
+        elif seg is not None and seg.discontinuous(pkt):
             log.info(
                 "recording %s: timestamps jumped, new segment at the next keyframe", pkt.camera
             )
@@ -312,25 +345,6 @@ class Recorder:
             return
         self._mux(state, pkt, data)
 
-    @staticmethod
-    def _converter(pkt: EncodedPacket) -> AnnexBConverter | None:
-        if pkt.stream.codec not in CODECS:
-            return None  # said at its first keyframe
-        try:
-            return AnnexBConverter(parse_extradata(pkt.stream.extradata, pkt.stream.codec))
-        except BitstreamError as exc:
-            log.error(
-                "not recording %s: the description of its %s stream (extradata) is unreadable: "
-                "%s; check the camera's encoder settings",
-                pkt.camera, pkt.stream.codec, exc,
-            )  # fmt: skip
-            return None
-
-    @staticmethod
-    def _discontinuous(seg: OpenSegment, pkt: EncodedPacket) -> bool:
-        step = (pkt.dts - seg.last_dts) * pkt.stream.time_base
-        return step <= 0 or step > _MAX_STEP_S or pkt.wallclock - seg.last_wall > _MAX_STEP_S
-
     def _annexb(self, state: _CameraState, pkt: EncodedPacket) -> bytes | None:
         """The packet as Annex B with parameter sets before keyframes; None when it is not the
         bitstream it claims to be: dropped, and the segment closed (the frames that follow
@@ -353,6 +367,7 @@ class Recorder:
 
     def _open_segment(self, state: _CameraState, pkt: EncodedPacket) -> bool:
         try:
+            self._check_room()
             state.segment = OpenSegment.create(self.index, pkt, self.config.write_buffer_bytes)
         except (OSError, av.error.FFmpegError, sqlite3.Error) as exc:
             self._write_failed(state, pkt.camera, exc)
@@ -360,10 +375,27 @@ class Recorder:
         state.need_keyframe = False
         return True
 
+    def _check_room(self) -> None:
+        # The databases' part of the headroom: recording waits rather than take it.
+        reserve.check_room(self.rec_dir, self.config.headroom_bytes // 4)
+
     def _mux(self, state: _CameraState, pkt: EncodedPacket, data: bytes) -> None:
         seg = state.segment
         assert seg is not None
+        if pkt.keyframe and seg.packets:  # checked once a GOP: one statvfs a second
+            try:
+                self._check_room()
+            except OSError as exc:
+                self._close_segment(state)  # what is written stays, indexed
+                state.need_keyframe = True
+                self._report_write_error(pkt.camera, exc)
+                return
         try:
+            if seg.packets:
+                now = time.monotonic()
+                interval = self.config.sync_interval_s
+                if pkt.keyframe or (interval > 0 and now - seg.flushed_mono >= interval):
+                    seg.checkpoint(now, interval)  # the GOP (or second) before is now on disk
             seg.write(pkt, data)
         except (OSError, av.error.FFmpegError) as exc:
             self._write_failed(state, pkt.camera, exc)
@@ -393,6 +425,10 @@ class Recorder:
             return
         self.stats.segments_closed += 1
         state.largest_segment = max(state.largest_segment, size)
+        if seg.camera in self._failing:
+            log.info("recording %s: segments written again", seg.camera)
+            with self._cameras_lock:
+                del self._failing[seg.camera]
         with self._indexed:
             self._indexed.notify_all()
         self._purge_wake.set()
@@ -400,24 +436,7 @@ class Recorder:
     def _salvage(self, seg: OpenSegment, exc: BaseException) -> None:
         """A segment that could not be finished: keep what reached the disk whole, if anything."""
         self.stats.write_errors += 1
-        probe = repair_and_probe(seg.path)
-        try:
-            if probe is None:
-                self.index.unmark_writing(seg.rel)
-            else:
-                self.index.add(
-                    seg.camera,
-                    seg.start,
-                    seg.start + probe.duration_s,
-                    seg.rel,
-                    seg.path.stat().st_size,
-                    probe.codec,
-                    probe.width,
-                    probe.height,
-                    probe.packets,
-                )
-        except (OSError, sqlite3.Error) as err:
-            log.error("recording %s: cannot index salvaged segment: %s", seg.camera, err)
+        salvage(self.index, seg.rel, seg.camera, seg.start)
         self._report_write_error(seg.camera, exc)
 
     def _write_failed(self, state: _CameraState, camera: str, exc: BaseException) -> None:
@@ -436,34 +455,24 @@ class Recorder:
 
     def _report_write_error(self, camera: str, exc: BaseException) -> None:
         now = iso_ms(self.clock())
+        why = "disk full" if is_disk_full(exc) else getattr(exc, "strerror", None) or str(exc)
+        pourquoi = "disque plein" if is_disk_full(exc) else why
+        with self._cameras_lock:
+            again = camera in self._failing  # said once per failure streak, not every keyframe
+            self._failing.setdefault(camera, (f"{pourquoi} depuis {now}", f"{why} since {now}"))
         if is_disk_full(exc):
             largest = max((s.largest_segment for s in self._cameras.values()), default=0)
             self._ring_purger.need_free(max(2 * largest, 4 << 20))
-            self._warn(
-                "disk_full",
-                f"{now}: data partition of {self.rec_dir} full while recording {camera}; "
-                "oldest recordings purged, recording resumes at the next keyframe",
-            )
-            log.error(
-                "recording %s: disk full in %s; purging the oldest segments, resuming at the "
-                "next keyframe",
-                camera,
-                self.rec_dir,
-            )
             self._purge_wake.set()
+            key, what = "disk_full", f"data partition of {self.rec_dir} full"
+            then = "purging the oldest recordings, retrying at each keyframe"
         else:
-            reason = getattr(exc, "strerror", None) or str(exc)
-            self._warn(
-                f"write:{camera}",
-                f"{now}: cannot write recordings of {camera} in {self.rec_dir}: {reason}; "
-                "retrying at the next keyframe",
-            )
-            log.error(
-                "recording %s: cannot write in %s: %s; retrying at the next keyframe",
-                camera,
-                self.rec_dir,
-                reason,
-            )
+            key, what = f"write:{camera}", f"cannot write in {self.rec_dir}: {why}"
+            then = "retrying at each keyframe"
+        # A truthful sentence: the status stays degraded until a segment is written again.
+        self._warn(key, f"{now}: recording of {camera} stopped: {what}; {then}")
+        if not again:
+            log.error("recording %s stopped: %s; %s", camera, what, then)
 
     def _warn(self, key: str, message: str) -> None:
         with self._warn_lock:
@@ -490,8 +499,6 @@ class Recorder:
         # Room for the segment each camera is writing and for one just closed that this pass
         # has not purged for yet: the files on disk then stay under the cap at every moment.
         active_since = time.monotonic() - 2 * _IDLE_CLOSE_S
-        return sum(
-            2 * s.largest_segment
-            for s in list(self._cameras.values())
-            if s.last_seen_mono > active_since
-        )
+        with self._cameras_lock:
+            states = list(self._cameras.values())
+        return sum(2 * s.largest_segment for s in states if s.last_seen_mono > active_since)

@@ -45,6 +45,10 @@ MAX_RESTARTS_WITHOUT_PACKET = 3
 # Detections older than this (stream seconds) no longer describe what moves now.
 DETECTION_FRESH_S = 1.0
 
+# How long a restart waits for the hung run's threads to end. A source stuck in a network read
+# ends only when that read times out (``read_timeout_s``); until then no new run starts.
+RESTART_JOIN_S = 1.0
+
 
 class DetectorQueue(Protocol):
     """What a worker needs of the shared detector (guetteur.analytics.detection.worker.DetectorWorker)."""
@@ -105,9 +109,12 @@ class CameraWorker:
         # while they are recent (stream time), so the detector never holds analysis up.
         self._detections: tuple[float, list[Detection]] = (float("-inf"), [])
         self._detections_lock = threading.Lock()
+        # One stop event per run, handed to that run's threads: a run's threads watch only their
+        # own, so starting a new run can never revive the threads of the last one.
         self._stop = threading.Event()
         self._source_thread: threading.Thread | None = None
         self._analysis_thread: threading.Thread | None = None
+        self._restart_pending = False  # stopped for a restart; the old threads have not ended
 
     # -- SourceSink ---------------------------------------------------------------------------
 
@@ -149,24 +156,43 @@ class CameraWorker:
 
     # -- threads -----------------------------------------------------------------------------
 
-    def start(self) -> None:
+    def start(self) -> bool:
+        """Start a run: a source thread and an analysis thread watching a fresh stop event.
+        False, and nothing started, while a thread of the previous run is still alive (a source
+        stuck in a network read): two runs would mean two connections to the camera feeding one
+        recorder and two analysis threads sharing one event tracker."""
+        if self.lingering_threads():
+            return False
         while True:  # a stop marker left from the last run would end the new analysis thread
             try:
                 self.frames.get_nowait()
             except queue.Empty:
                 break
-        self._stop.clear()
+        stop = threading.Event()
+        self._stop = stop
         # No reset of last_packet/last_status_report: a restarted worker counts as alive only
         # once its new source shows life, so restarts that do not help let the watchdog fire.
         self.started_at = time.monotonic()
         self._source_thread = threading.Thread(
-            target=self._run_source, name=f"source-{self.camera.id}", daemon=True
+            target=self._run_source, args=(stop,), name=f"source-{self.camera.id}", daemon=True
         )
         self._analysis_thread = threading.Thread(
-            target=self._run_analysis, name=f"analysis-{self.camera.id}", daemon=True
+            target=self._run_analysis,
+            args=(stop,),
+            name=f"analysis-{self.camera.id}",
+            daemon=True,
         )
         self._source_thread.start()
         self._analysis_thread.start()
+        return True
+
+    def lingering_threads(self) -> list[str]:
+        """The names of this worker's threads still alive (of the current or the last run)."""
+        return [
+            t.name
+            for t in (self._source_thread, self._analysis_thread)
+            if t is not None and t.is_alive()
+        ]
 
     def request_stop(self) -> None:
         self._stop.set()
@@ -181,29 +207,61 @@ class CameraWorker:
         for t in (self._source_thread, self._analysis_thread):
             if t is not None:
                 t.join(max(0.0, deadline - time.monotonic()))
+        analysis = self._analysis_thread
+        if analysis is not None and analysis.is_alive():
+            # Still inside a frame: ending its event from here would run the tracker on two
+            # threads. The event stays open (and journalled): the next run carries it on, or
+            # the next start of the agent ends it (reason "restart").
+            log.warning(
+                "camera %s: analysis still busy at the stop; its event in progress is not ended "
+                "now (ended by the next start if the agent stops)",
+                self.camera.id,
+            )
+            return
         for update in self.analytics.flush():
             self.publish_event(update)
 
     def restart(self) -> None:
         """Stop and start again a worker found hung (``needs_restart``); counts the restarts
-        that brought no packet, so ``alive`` can give up on them."""
-        log.error(
-            "camera %s: no packet for %.0f s and no word from its source (last "
-            "state %s: %s); restarting the camera worker",
-            self.camera.id,
-            time.monotonic() - self.last_packet,
-            self.status.state,
-            self.status.last_error or "no error reported",
-        )
-        self.stop(1.0)
-        self.restarts_without_packet += 1
-        self.start()
+        that brought no packet, so ``alive`` can give up on them. When the hung run's threads do
+        not end within ``RESTART_JOIN_S``, the new run waits for them (``needs_restart`` asks
+        again once they have ended) and the worker counts as not alive meanwhile, so the
+        watchdog restarts the agent if they never end."""
+        if not self._restart_pending:
+            log.error(
+                "camera %s: no packet for %.0f s and no word from its source (last "
+                "state %s: %s); restarting the camera worker",
+                self.camera.id,
+                time.monotonic() - self.last_packet,
+                self.status.state,
+                self.status.last_error or "no error reported",
+            )
+            self.stop(RESTART_JOIN_S)
+            self.restarts_without_packet += 1
+        if self.start():
+            if self._restart_pending:
+                log.warning("camera %s: its stuck threads ended; worker restarted", self.camera.id)
+            self._restart_pending = False
+            return
+        if not self._restart_pending:
+            log.error(
+                "camera %s: %s still running %.0f s after the stop (stuck in a camera read, "
+                "which times out after %.0f s); the camera is restarted once they end, and the "
+                "systemd watchdog restarts the agent if they never do",
+                self.camera.id,
+                " and ".join(self.lingering_threads()),
+                RESTART_JOIN_S,
+                max(self.camera.open_timeout_s, self.camera.read_timeout_s),
+            )
+        self._restart_pending = True
 
     def alive(self) -> bool:
         """For the watchdog: threads running, and either packets flowing or the source visibly
         working through its reconnect loop (a camera that is off the network must not restart
         the whole agent and the other cameras with it). A source that says "streaming" but
         delivers nothing is stalled: not alive."""
+        if self._restart_pending:
+            return False  # stopped, waiting for a stuck run to end before the next one starts
         threads_ok = all(
             t is not None and t.is_alive() for t in (self._source_thread, self._analysis_thread)
         )
@@ -219,8 +277,8 @@ class CameraWorker:
     def needs_restart(self) -> bool:
         """A worker thread died, or the camera stays silent without its source reporting —
         giving a (re)started worker ``stall_timeout_s`` to show life first."""
-        if self._stop.is_set():
-            return False
+        if self._stop.is_set():  # stopped; or waiting to restart, until the stuck run has ended
+            return self._restart_pending and not self.lingering_threads()
         dead = any(
             t is None or not t.is_alive() for t in (self._source_thread, self._analysis_thread)
         )
@@ -229,9 +287,9 @@ class CameraWorker:
         settled = time.monotonic() - self.started_at >= self.camera.stall_timeout_s
         return settled and not self.alive()
 
-    def _run_source(self) -> None:
+    def _run_source(self, stop: threading.Event) -> None:
         try:
-            self.source.run(self, self._stop)
+            self.source.run(self, stop)
         except Exception as exc:  # a source must not raise; if one does, say so and let the
             log.exception("camera %s: source crashed", self.camera.id)  # supervisor restart it
             self.on_status(
@@ -243,8 +301,8 @@ class CameraWorker:
                 )
             )
 
-    def _run_analysis(self) -> None:
-        while not self._stop.is_set():
+    def _run_analysis(self, stop: threading.Event) -> None:
+        while not stop.is_set():
             frame = self.frames.get()
             if frame is None:
                 break

@@ -32,7 +32,9 @@ from guetteur.live.hub import LiveHub
 from guetteur.live.service import LiveService
 from guetteur.onvif.masks import PrivacyMaskService
 from guetteur.ptz.service import PtzService
-from guetteur.record.clips import EventClipper, ExportService
+from guetteur.record.clip_jobs import EventClipper
+from guetteur.record.clips import ExportService
+from guetteur.record.event_journal import EventJournal, restart_end
 from guetteur.record.writer import Recorder
 from guetteur.runtime.camera_worker import CameraWorker
 from guetteur.runtime.command_path import build_command_path
@@ -48,6 +50,12 @@ from guetteur.uplink.profile_m import ProfileMPublisher
 from guetteur.uplink.publish import OutboundItem, Priority, Publisher
 
 log = logging.getLogger(__name__)
+
+# systemd's TimeoutStopSec is 30 s (systemd/system/guetteur.service); the agent aims to be gone in a
+# third of it, so a slow SD card or a loaded CPU still leaves a margin before SIGKILL.
+STOP_BUDGET_S = 8.0
+# Kept, out of the stop budget, for the outbox's last commits and the farewell on the link.
+_STOP_RESERVE_S = 1.5
 
 
 class Gateway:
@@ -103,6 +111,9 @@ class Gateway:
                 on_sub_stream=sub_hub.on_packet if sub_hub is not None else None,
                 timezone=config.timezone,
             )
+        # Open events and owed clips, on disk: a crash neither leaves an event without its end
+        # at the centre nor loses the clips of events that had ended (record.event_journal).
+        self.journal = EventJournal(self.data_dir)
         self.recorder: Recorder | None = None
         self.clipper: EventClipper | None = None
         self.exports: ExportService | None = None
@@ -114,7 +125,11 @@ class Gateway:
             self.exports.register(self.dispatcher)
             if config.events.clips:
                 self.clipper = EventClipper(
-                    self.recorder, self.publisher, config.events, self.data_dir / "clips"
+                    self.data_dir,
+                    self.journal,
+                    self.publisher,
+                    config.events,
+                    config.recording.segment_s,
                 )
         for cid, worker in self.workers.items():  # after the recorder: recording comes first
             worker.packet_consumers.append(self.live_hubs[cid].on_packet)
@@ -151,6 +166,7 @@ class Gateway:
         self.link.lanes.set_cameras(self.workers)
         self.link.add_connect_listener(self._on_link_up)
         self._stop = threading.Event()
+        self._stopped = False  # stop() runs once: a second call would use closed databases
 
     def workers_config(self) -> list[CameraConfig]:
         return [w.camera for w in self.workers.values()]
@@ -170,39 +186,85 @@ class Gateway:
         self.link.start()
         self.ptz.start()
         self.privacy.start()
+        self.close_what_was_open()  # before the cameras: no new event is open yet
         for worker in self.workers.values():
             worker.start()
 
-    def stop(self, timeout: float = 3.0) -> None:
-        """Stop every camera (together, within ``timeout``), then say goodbye on the link."""
+    def close_what_was_open(self) -> None:
+        """After a crash: end the events the last run left open (``reason: "restart"``; their
+        last message is submitted again first, in case the crash came before it reached the
+        outbox: both are de-duplicated by id), then resume the clips still owed and release the
+        pins nothing holds any more."""
+        for left in self.journal.open_events():
+            end = restart_end(left, clock_synchronised())
+            log.warning(
+                "camera %s: event %s was still open when the agent last stopped (crash or power "
+                "cut); ended now, its end set to %s, last time it was seen open",
+                end.camera,
+                end.event_id,
+                iso_ms(end.end_wall),
+            )
+            try:
+                self.publisher.submit(self._event_item(left.last, left.payload))
+                self.publish_event(end)
+            except Exception:  # the agent starts all the same; the event stays journalled
+                log.exception(
+                    "camera %s: event %s could not be ended now; tried again at the next start",
+                    end.camera,
+                    end.event_id,
+                )
+        if self.clipper is not None:
+            try:
+                self.clipper.resume()
+            except Exception:  # e.g. a full disk: the jobs stay journalled for the next start
+                log.exception("event clips owed by the previous run not resumed now")
+
+    def stop(self, timeout: float = 3.0, budget_s: float = STOP_BUDGET_S) -> None:
+        """Stop every camera (together, within ``timeout``), cut the event clips owed with what
+        is recorded, then say goodbye on the link; all within ``budget_s``. Clips that cannot be
+        cut in time stay owed in the journal and are cut at the next start. A second call (a
+        signal handler and a ``finally``, say) does nothing."""
+        if self._stopped:
+            return
+        self._stopped = True
+        began = time.monotonic()
         farewell = self.status_message(state="offline")
         self._stop.set()
         for worker in self.workers.values():
             worker.request_stop()
-        deadline = time.monotonic() + timeout
+        deadline = began + min(timeout, budget_s / 2)
         for worker in self.workers.values():
-            worker.stop(max(0.1, deadline - time.monotonic()))
+            worker.stop(max(0.1, deadline - time.monotonic()))  # ends their events: clips owed
         if self.detector_worker is not None:
             self.detector_worker.close(1.0)
         self.ptz.close()  # stops any camera still moving
         self.privacy.close()
         self.live.close()
-        for closing in (self.exports, self.clipper):  # they share the recorder's index
-            if closing is not None:
-                closing.close()
+        if self.exports is not None:  # it shares the recorder's index
+            self.exports.close()
         if self.recorder is not None:
-            self.recorder.close()
+            # Closes and indexes the open segments: the post-roll the clips wait for is all
+            # there will be, and they are cut with it (no waiting for cameras already stopped).
+            self.recorder.close(max(1.0, began + budget_s - _STOP_RESERVE_S - time.monotonic()))
+        clips_done = True
+        if self.clipper is not None:
+            self.clipper.close(began + budget_s - _STOP_RESERVE_S)
+            clips_done = self.clipper.idle()
+        if clips_done:  # else a cut still runs past the budget: the process exit ends it
+            self.journal.close()
         if self.outbox is not None:
             self.outbox.close()
         self.link.stop(farewell)
-        log.info("gateway %s: stopped", self.config.gateway_id)
+        log.info("gateway %s: stopped in %.1f s", self.config.gateway_id, time.monotonic() - began)
 
     def summary(self) -> str:
         """One line for systemd's STATUS= and the logs."""
         states = [w.status.state for w in self.workers.values()]
         streaming = states.count("streaming")
         link = "link up" if self.link.connected else "link down"
-        return f"{streaming}/{len(states)} cameras streaming, {link}"
+        reason = self.recorder.degraded_reason() if self.recorder is not None else None
+        degraded = f", recording degraded: {reason}" if reason else ""
+        return f"{streaming}/{len(states)} cameras streaming, {link}{degraded}"
 
     def run(
         self,
@@ -237,29 +299,39 @@ class Gateway:
 
     # -- publishing --------------------------------------------------------------------------
 
+    @staticmethod
+    def _event_item(update: EventUpdate, payload: bytes) -> OutboundItem:
+        return OutboundItem(
+            item_id=update.message_id,
+            kind="event",
+            topic=protocol.rel_event(update.camera),
+            payload=payload,
+            priority=Priority.EVENT,
+            camera=update.camera,
+        )
+
     def publish_event(self, update: EventUpdate) -> None:
-        if self.clipper is not None:
-            if update.kind == "start":
-                self.clipper.event_started(update.camera, update.event_id, update.start_wall)
-            elif update.kind == "end" and update.end_wall is not None:
-                self.clipper.event_ended(
-                    update.camera, update.event_id, update.start_wall, update.end_wall
-                )
+        """Journal, then publish (start, update); publish, then journal (end): a crash between
+        the two at worst sends one message twice, which the outbox and the centre de-duplicate
+        by id, and never leaves an event open at the centre or a clip unowed."""
         message = messages.event(update, self.config.gateway_id)
         if self.privacy.unverified(update.camera):  # the camera's own video may show them
             message["privacy_unverified"] = True
+        item = self._event_item(update, protocol.dumps(message))
+        if update.kind != "end":
+            self.journal.opened(update, item.payload)
+            if update.kind == "start" and self.clipper is not None:
+                self.clipper.event_started(update.camera, update.event_id, update.start_wall)
         if self.profile_m is not None:
             self.profile_m.on_event(update)
-        self.publisher.submit(
-            OutboundItem(
-                item_id=update.message_id,
-                kind="event",
-                topic=protocol.rel_event(update.camera),
-                payload=protocol.dumps(message),
-                priority=Priority.EVENT,
-                camera=update.camera,
-            )
-        )
+        self.publisher.submit(item)
+        if update.kind == "end":
+            if self.clipper is not None and update.end_wall is not None:
+                self.clipper.event_ended(
+                    update.camera, update.event_id, update.start_wall, update.end_wall
+                )
+            else:
+                self.journal.ended(update.event_id, None)
         log.info(
             "camera %s: event %s %s score %.3f",
             update.camera,
@@ -286,9 +358,11 @@ class Gateway:
 
     def status_message(self, state: str = "online") -> dict[str, Any]:
         disk = shutil.disk_usage(self.data_dir)
-        return messages.gateway_status(
+        recording = self.recorder.status() if self.recorder is not None else None
+        degraded = recording is not None and recording["state"] == "degraded"
+        message = messages.gateway_status(
             gateway=self.config.gateway_id,
-            state=state,
+            state="degraded" if degraded and state == "online" else state,
             site=self.config.site,
             version=__version__,
             uptime_s=time.time() - self.started_at,
@@ -296,10 +370,13 @@ class Gateway:
             cameras={cid: w.status.state for cid, w in self.workers.items()},
             disk_free_bytes=disk.free,
             disk_total_bytes=disk.total,
-            recording=self.recorder.status() if self.recorder is not None else None,
+            recording=recording,
             outbox=self.outbox.depth() if self.outbox is not None else None,
             warnings=self.warnings(),
         )
+        if degraded and recording is not None:  # the truth, not "online" with a warning
+            message["reason"] = recording["reason"]
+        return message
 
     def warnings(self) -> list[str]:
         found = list(self._warnings)

@@ -15,7 +15,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 from guetteur.errors import GuetteurError
 from guetteur.uplink import messages, protocol
@@ -25,6 +25,13 @@ from guetteur.uplink.publish import OutboundItem, Priority, Publisher
 log = logging.getLogger(__name__)
 
 DEFAULT_FIELD_CHARS = 200
+
+
+@runtime_checkable
+class DurablePublisher(Protocol):
+    """A publisher that can say when an item is on disk (the durable outbox)."""
+
+    def submit_durable(self, item: OutboundItem) -> None: ...
 
 
 class AuditUnavailable(GuetteurError):
@@ -80,7 +87,7 @@ class AuditTrail:
                     "commands are refused until the centre acknowledges them"
                 )
         try:
-            return self._submit(action, fields)
+            return self._submit(action, fields, durable=True)
         except Exception as exc:
             log.error("audit %s could not be stored (%s): the action is refused", action, exc)
             raise AuditUnavailable(
@@ -107,22 +114,26 @@ class AuditTrail:
                 self._pending_at = now
             return self._pending_count
 
-    def _submit(self, action: str, fields: dict[str, Any]) -> str:
+    def _submit(self, action: str, fields: dict[str, Any], durable: bool = False) -> str:
         record_id = str(uuid.uuid4())
         short = {k: shorten(v, self._field_chars) for k, v in fields.items() if v is not None}
         body = messages.audit_record(record_id, self._gateway_id, action, short)
         log.info("audit %s %s", action, short)
         camera = short.get("camera")
-        self._publisher.submit(
-            OutboundItem(
-                item_id=record_id,
-                kind="audit",
-                topic=protocol.REL_AUDIT,
-                payload=protocol.dumps(body),
-                priority=Priority.AUDIT,
-                camera=camera if isinstance(camera, str) else None,
-            )
+        item = OutboundItem(
+            item_id=record_id,
+            kind="audit",
+            topic=protocol.REL_AUDIT,
+            payload=protocol.dumps(body),
+            priority=Priority.AUDIT,
+            camera=camera if isinstance(camera, str) else None,
         )
+        # Before an action the record must be on disk; the durable outbox may otherwise return
+        # with it still waiting for a stalled disk (uplink/outbox/handoff.py).
+        if durable and isinstance(self._publisher, DurablePublisher):
+            self._publisher.submit_durable(item)
+        else:
+            self._publisher.submit(item)
         with self._lock:
             self._pending_count += 1
         return record_id

@@ -95,7 +95,8 @@ def camera_status(
 
 
 def event(update: EventUpdate, gateway: str) -> dict[str, Any]:
-    """``{root}/{gw}/cam/{cam}/event``: one start, update or end of an event."""
+    """``{root}/{gw}/cam/{cam}/event``: one start, update or end of an event (an end says why;
+    the parts of a long event are linked by ``previous_event_id``)."""
     return {
         "id": update.message_id,
         "event_id": update.event_id,
@@ -117,6 +118,9 @@ def event(update: EventUpdate, gateway: str) -> dict[str, Any]:
         "rule": update.rule,
         "preset": update.preset,
         "snapshot_withheld": update.snapshot_withheld,
+        "part": update.part,
+        "previous_event_id": update.previous_event_id,
+        "reason": update.reason,
     }
 
 

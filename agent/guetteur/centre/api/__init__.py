@@ -17,6 +17,8 @@ Routes (every ``/api/`` route checks a permission of ``accounts.PERMISSIONS``):
 - ``POST /api/gateways/{gw}/cameras/{cam}/snapshot``, ``POST …/ptz``;
 - ``POST /api/live`` → session; ``POST /api/live/{s}/renew``; ``DELETE /api/live/{s}``;
   ``GET /api/live/{s}/ws`` (fMP4 over a WebSocket);
+- ``POST /api/playback`` → a clip cut by the gateway from its recording (``?wait=S`` on the
+  clip's URL waits for it);
 - ``POST|GET /api/exports``, ``GET /api/exports/{id}[/files/{name}]``, ``POST …/hold``;
 - ``GET /api/register[.csv]``, ``GET /api/register/report``, ``GET /api/register/verify``;
 - ``GET|POST /api/users``, ``POST /api/users/{u}/disable|reset|tokens``.

@@ -23,6 +23,7 @@ from guetteur.centre.api.base import (
 )
 from guetteur.centre.extraction import ExtractionRequest
 from guetteur.centre.register import Entry
+from guetteur.timeutil import iso_ms, parse_iso
 from guetteur.uplink.protocol import PTZ_FIELD_HELP, PtzAction, valid_id
 
 
@@ -152,6 +153,52 @@ async def live_ws(request: web.Request) -> web.StreamResponse:
     return ws
 
 
+# -- playback of recordings (an export cut by the gateway, not a police extraction) -------------
+
+
+class Playback(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    gateway: str = Field(min_length=1, max_length=64, description="the gateway that records it")
+    camera: str = Field(min_length=1, max_length=64, description="the camera")
+    from_: str = Field(alias="from", max_length=64, description="start of the range, ISO 8601")
+    to: str = Field(max_length=64, description="end of the range, ISO 8601")
+
+
+@requires("export")
+async def playback(request: web.Request) -> web.Response:
+    """The gateway cuts the range from its ring (the recorded bytes, remuxed) and sends it as a
+    clip; the answer names the clip's URL, which ``?wait=S`` holds until it has arrived. The
+    command is registered under the caller; each viewing of the clip is registered too.
+    Supervisors only: gateways run ``export`` for the supervisor role alone (docs/security.md),
+    so an operator is refused here rather than by every gateway."""
+    spec = await body(request, Playback)
+    if not valid_id(spec.gateway) or not valid_id(spec.camera):
+        raise ApiError(400, "bad_request", "gateway and camera: 1-64 letters, digits, '-' or '_'")
+    try:
+        t0, t1 = parse_iso(spec.from_), parse_iso(spec.to)
+    except ValueError:
+        raise ApiError(400, "bad_request", "from/to: ISO 8601 times") from None
+    if t1 <= t0:
+        raise ApiError(400, "bad_request", "to must be after from")
+    reply = await blocking(
+        request,
+        services(request).commander.send,
+        principal(request),
+        spec.gateway,
+        "export",
+        {"camera": spec.camera, "from": iso_ms(t0), "to": iso_ms(t1)},
+        camera=spec.camera,
+    )
+    clip = reply.get("clip_id")
+    return ok(
+        status=201,
+        clip_id=clip,
+        url=f"/api/clips/{spec.gateway}/{clip}",
+        gaps=reply.get("gaps") or [],
+        **{"from": reply.get("from"), "to": reply.get("to")},
+    )
+
+
 # -- extractions ---------------------------------------------------------------------------------
 
 
@@ -261,6 +308,7 @@ def add_routes(app: web.Application) -> None:
     r.add_post("/api/live/{session}/renew", live_renew)
     r.add_delete("/api/live/{session}", live_stop)
     r.add_get("/api/live/{session}/ws", live_ws)
+    r.add_post("/api/playback", playback)
     r.add_get("/api/exports", export_list)
     r.add_post("/api/exports", export_request)
     r.add_get("/api/exports/{id}", export_get)

@@ -25,7 +25,7 @@ from guetteur.centre.api.base import (
     services,
 )
 from guetteur.centre.api.feed import event_json, snapshot_json
-from guetteur.centre.db.schema import camera_status, clips, events, gateways, snapshots
+from guetteur.centre.db.schema import camera_status, clips, events, gateways, register, snapshots
 from guetteur.centre.register import Entry
 from guetteur.uplink.protocol import valid_id
 
@@ -147,9 +147,11 @@ async def one_event(request: web.Request) -> web.Response:
                 .mappings()
                 .first()
             )
-        if not msgs:
-            raise ApiError(404, "not_found", f"no event {event_id} from {gw}")
+            if not msgs:
+                raise ApiError(404, "not_found", f"no event {event_id} from {gw}")
+            handled = _handled(conn, gw, msgs[0]["camera"], event_id)
         return {
+            "handled": handled,
             "messages": [event_json(r) for r in msgs],
             "snapshots": [snapshot_json(s) for s in snaps],
             "clip": None
@@ -167,19 +169,56 @@ class Handled(BaseModel):
     comment: str = Field("", max_length=2000)
 
 
+def _handled(conn: Any, gw: str, camera: str, event_id: str) -> list[dict[str, Any]]:
+    """Who marked the event handled, when, with what comment: the register's rows (found by
+    camera, indexed, then by the event id in their detail)."""
+    rows = conn.execute(
+        select(register.c.time, register.c.operator, register.c.detail)
+        .where(
+            register.c.camera == camera,
+            register.c.gateway == gw,
+            register.c.action == "event.handled",
+        )
+        .order_by(register.c.seq)
+    ).mappings()
+    out = []
+    for r in rows:
+        detail = _json(r["detail"]) or {}
+        if detail.get("event_id") == event_id:
+            out.append(
+                {"time": r["time"], "operator": r["operator"], "comment": detail.get("comment")}
+            )
+    return out
+
+
 @requires("events.handle")
 async def handle_event(request: web.Request) -> web.Response:
     gw, event_id = _id(request, "gateway"), request.match_info["event_id"]
     note = await body(request, Handled)
     who = principal(request)
+    s = services(request)
+
+    def camera_of() -> str | None:
+        with s.db.read() as conn:
+            return conn.execute(
+                select(events.c.camera)
+                .where(events.c.gateway == gw, events.c.event_id == event_id)
+                .limit(1)
+            ).scalar_one_or_none()
+
+    # an event the centre never received cannot be handled (a typo would be registered forever)
+    camera = await blocking(request, camera_of)
+    if camera is None:
+        raise ApiError(404, "not_found", f"no event {event_id} from {gw}")
     seq = await blocking(
         request,
-        services(request).register.record,
+        s.register.record,
         Entry(
             "event.handled",
             operator=who.username,
             role=who.role,
             gateway=gw,
+            camera=camera,
             detail={"event_id": event_id, "comment": note.comment},
         ),
     )
@@ -282,7 +321,12 @@ async def get_clip(request: web.Request) -> web.StreamResponse:
                 .first()
             )
 
+    wait_s = float(query_int(request, "wait", 0, 0, 60))
+    deadline = time.monotonic() + wait_s
     row = await blocking(request, find)
+    while (row is None or row["state"] != "complete") and time.monotonic() < deadline:
+        await asyncio.sleep(0.5)  # a playback just asked for: the gateway is cutting it
+        row = await blocking(request, find)
     if row is None or row["state"] != "complete" or not Path(row["path"]).is_file():
         raise ApiError(404, "not_found", f"no clip {clip_id} from {gw} (not arrived yet?)")
     if request.headers.get("Range", "bytes=0-").startswith("bytes=0-"):  # a viewing, not a seek

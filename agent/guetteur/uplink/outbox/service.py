@@ -22,10 +22,13 @@ Rules, in the order they matter:
   acknowledged one by one, so after a reconnection or a restart only unacknowledged chunks are
   sent again. The manifest is acknowledged when the centre has the whole clip and its sha256
   matched; the file is deleted then. The centre asks for chunks again with ``resend``.
-- **Threads**: the link's network thread never touches the database (a slow SD-card fsync there
-  would stall MQTT keep-alive): acks and reconnections are handed to the outbox's own thread,
-  which commits them. ``submit`` commits on the caller's thread and returns once the item is on
-  disk.
+- **Threads**: neither a camera's analysis thread nor the link's network thread waits for the
+  database (a slow SD-card fsync there would stall analysis and MQTT keep-alive). The
+  ``outbox-writer`` thread makes the commits: submitted items, in batches (``handoff``: a submit
+  waits for its commit at most ``SUBMIT_WAIT_S``, and not at all while the disk is slow), and the
+  acks and reconnections the network thread hands over. The ``outbox`` thread sends. ``depth()``
+  answers from figures the writer keeps after each commit, so status never waits for the disk.
+  Clips (``submit_clip``, on the clip worker) commit on the caller's thread.
 
 Where things live: ``store`` (SQLite and clip files: every durable change), ``policy`` (the
 decisions, no I/O), this module (the send loop, the Publisher, clip upload).
@@ -40,15 +43,16 @@ import queue
 import sqlite3
 import threading
 import time
-from collections.abc import Callable
+from collections import Counter
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 from guetteur.config import OutboxConfig
 from guetteur.uplink import messages, protocol
 from guetteur.uplink.outbox import policy
+from guetteur.uplink.outbox.handoff import CommitQueue, HandoffClosed
+from guetteur.uplink.outbox.interfaces import InboundMessage, OutboxError, OutboxLink
 from guetteur.uplink.outbox.store import KIND_CLIP_CHUNK, OutboxStore, QueuedItem
-from guetteur.uplink.protocol import Topics
 from guetteur.uplink.publish import ClipFile, OutboundItem
 
 log = logging.getLogger(__name__)
@@ -57,49 +61,20 @@ log = logging.getLogger(__name__)
 # outbox thread commits everything waiting in one transaction, so this fills only when that thread
 # is stuck (a stalled disk): see _on_ack_message for what happens then.
 ACK_QUEUE_SIZE = 1000
+# Submitted items waiting for the writer's commit: past this bound snapshots are refused, events
+# and audit records kept in memory anyway (uplink/outbox/handoff.py).
+SUBMIT_QUEUE_ITEMS = 1000
+SUBMIT_QUEUE_BYTES = 16 * 1024 * 1024
+# How long a submit waits for its item's commit before handing it over without waiting: an
+# SD card's fsync takes tens of ms; past a second the card is stalled.
+SUBMIT_WAIT_S = 1.0
+# How long a record that must be on disk before its action (audit) may wait for it.
+DURABLE_WAIT_S = 3.0
+WRITE_BATCH = 500  # items per commit
+CLOSE_WRITE_S = 5.0  # how long close() lets the writer commit what is still waiting
 DISCONNECTED_WAIT_S = 0.5
 RATE_WAIT_MAX_S = 0.5
 ERROR_WAIT_S = 1.0
-
-
-class InboundMessage(Protocol):
-    """What the outbox reads of a received MQTT message (paho's MQTTMessage has it)."""
-
-    @property
-    def topic(self) -> str: ...
-
-    @property
-    def payload(self) -> bytes | bytearray: ...
-
-
-class OutboxLink(Protocol):
-    """What the outbox needs of guetteur.uplink.link.Link. Callbacks run on the link's network
-    thread: they must return at once."""
-
-    topics: Topics
-
-    @property
-    def connected(self) -> bool: ...
-
-    def publish_raw(
-        self,
-        topic: str,
-        payload: bytes,
-        qos: int = 0,
-        retain: bool = False,
-        content_type: str | None = None,
-        user_props: dict[str, str] | None = None,
-    ) -> Any: ...
-
-    def subscribe(
-        self, topic: str, callback: Callable[[InboundMessage], None], qos: int = 1
-    ) -> None: ...
-
-    def add_connect_listener(self, listener: Callable[[], None]) -> None: ...
-
-
-class OutboxError(RuntimeError):
-    pass
 
 
 def _hash_file(path: Path, chunk_size: int) -> tuple[int, str, list[str]]:
@@ -130,8 +105,8 @@ class Outbox:
         self.link = link
         self.gateway_id = gateway_id
         # guards the store and the window; held for each commit, never by the network thread
+        # and never by a submitting camera thread (they hand over to the writer)
         self._lock = threading.RLock()
-        self._changed = threading.Condition(self._lock)  # items left the queue (wait_empty)
         self._wakeup = threading.Event()  # the send loop has something new to look at
         self._window = policy.SendWindow(config.inflight, config.retry_s, clock=clock)
         self._limiter = policy.RateLimiter(config.drain_bytes_per_s, clock=clock)
@@ -139,6 +114,7 @@ class Outbox:
             Path(data_dir) / "outbox", config.max_bytes, on_removed=self._window.forget
         )
         self.epoch = self._store.epoch
+        self._submits = CommitQueue(SUBMIT_QUEUE_ITEMS, SUBMIT_QUEUE_BYTES, SUBMIT_WAIT_S)
         self._acks: queue.Queue[protocol.Ack] = queue.Queue(ACK_QUEUE_SIZE)
         self._acks_overflowing = False
         self._reconnected = threading.Event()
@@ -146,6 +122,10 @@ class Outbox:
         self._stop = threading.Event()
         self._closed = False
         self._thread: threading.Thread | None = None
+        self._depth: dict[str, Any] = {}
+        self._refresh_depth()
+        self._writer_stop = threading.Event()
+        self._writer = threading.Thread(target=self._write_loop, name="outbox-writer", daemon=True)
         self._counters = {
             "sent": 0,
             "resent": 0,
@@ -155,6 +135,7 @@ class Outbox:
             "dropped_acks": 0,
             "resend_requests": 0,
         }
+        self._writer.start()
         link.subscribe(link.topics.ack, self._on_ack_message, qos=1)
         link.add_connect_listener(self._on_connect)
 
@@ -163,13 +144,15 @@ class Outbox:
         return {
             **self._counters,
             "dropped_clips": self._store.dropped_clips,
-            "dropped_snapshots": self._store.dropped_snapshots,
+            "dropped_snapshots": self._store.dropped_snapshots + self._submits.refused_snapshots,
+            "spilled": self._submits.spilled,
         }
 
     # -- Publisher -----------------------------------------------------------------------------
 
     def submit(self, item: OutboundItem) -> None:
-        """Store ``item`` durably (returns once it is on disk); it is sent when the link is up."""
+        """Hand ``item`` to the writer; returns once it is on disk, or after ``SUBMIT_WAIT_S``
+        (at once while the disk is known to be slow). It is sent when the link is up."""
         if item.kind == "live":  # live video is never queued: late video is useless
             self.link.publish_raw(
                 self.link.topics.full(item.topic),
@@ -179,12 +162,35 @@ class Outbox:
                 user_props=item.user_properties,
             )
             return
-        with self._lock:
-            if self._closed:
-                raise OutboxError(f"outbox closed: {item.kind} {item.item_id} not queued")
-            queued = self._store.enqueue(item)
-        if queued:
-            self._wakeup.set()
+        try:
+            ticket = self._submits.put(item)
+        except HandoffClosed as exc:
+            raise OutboxError(str(exc)) from None
+        if ticket is not None:
+            self._submits.wait(ticket)
+
+    def submit_durable(self, item: OutboundItem, timeout: float = DURABLE_WAIT_S) -> None:
+        """Store ``item`` and return only once it is on disk, slow disk or not (an audit record
+        before its action). Raises OutboxError when it is not on disk within ``timeout``; the
+        item is then taken back and never stored, unless a commit holding it is still under way
+        after another ``timeout`` (that commit decides; said in the error)."""
+        try:
+            ticket = self._submits.put(item)
+        except HandoffClosed as exc:
+            raise OutboxError(str(exc)) from None
+        if ticket is None:
+            raise OutboxError(f"{item.kind} {item.item_id} refused: the hand-off is full")
+        if self._submits.wait_stored(ticket, timeout):
+            return
+        withdrawn = self._submits.withdraw(ticket, timeout)
+        if withdrawn is False:
+            return  # stored while we were taking it back
+        if withdrawn:
+            raise OutboxError(f"{item.kind} not on disk within {timeout:.0f} s (disk stalled)")
+        raise OutboxError(
+            f"{item.kind} {item.item_id} not on disk within {2 * timeout:.0f} s (disk stalled); "
+            "the commit holding it is still under way and may yet store it"
+        )
 
     def submit_clip(self, clip: ClipFile) -> None:
         """Hash the clip, queue its manifest and chunks, and take the file into the outbox."""
@@ -221,6 +227,7 @@ class Outbox:
         payload = protocol.dumps(manifest)
         with self._lock:
             queued = self._store.add_clip(clip, size, chunk_size, count, payload)
+            self._refresh_depth()
         if not queued:
             log.error(
                 "camera %s: clip %s (%d bytes) dropped: the outbox is full of "
@@ -273,13 +280,31 @@ class Outbox:
                     "outbox: taking acks again; %d ack message(s) ignored since start",
                     self._counters["dropped_acks"],
                 )
-        self._wakeup.set()
+        self._submits.work.set()
 
     def _on_connect(self) -> None:
         self._reconnected.set()
+        self._submits.work.set()
         self._wakeup.set()
 
-    # -- the outbox thread: acks ---------------------------------------------------------------
+    # -- the writer thread: every commit of submits and acks -----------------------------------
+
+    def _write_loop(self) -> None:
+        self._submits.run_writer(self._write, self._writer_stop, str(self._store.db_path))
+
+    def _write(self) -> None:
+        self._commit_submits()
+        self._take_acks()
+
+    def _commit_submits(self) -> None:
+        while (batch := self._submits.take(WRITE_BATCH)) is not None:
+            with self._lock:
+                if self._closed:
+                    return
+                self._store.enqueue_many(batch.items)  # one transaction, one fsync
+                self._refresh_depth()
+            self._submits.done(batch)
+            self._wakeup.set()
 
     def _take_acks(self) -> None:
         """Commit, in one transaction, the acks the network thread handed over; apply the
@@ -297,6 +322,8 @@ class Outbox:
         if not (acks or reconnected or resync):
             return
         with self._lock:
+            if self._closed:
+                return
             if reconnected:
                 self._window.defer_all()
             try:
@@ -312,7 +339,8 @@ class Outbox:
                 )
             if resync:
                 self._resync()
-            self._changed.notify_all()
+            self._refresh_depth()
+        self._wakeup.set()
 
     def _apply_ack(self, ack: protocol.Ack) -> None:
         ids = set(ack.ids)
@@ -349,21 +377,33 @@ class Outbox:
         self._thread.start()
 
     def close(self) -> None:
+        """Stop sending; let the writer commit what was submitted and the acks already received
+        (not sent again later), within ``CLOSE_WRITE_S``; close the database."""
+        self._submits.close()
         self._stop.set()
         self._wakeup.set()
         if self._thread is not None:
             self._thread.join(5.0)
+        self._writer_stop.set()
+        self._submits.work.set()
+        self._writer.join(CLOSE_WRITE_S)
         with self._lock:
             if not self._closed:
-                self._take_acks()  # acks already received: committed now, not sent again later
                 self._closed = True
+                left = len(self._submits)
+                if left:
+                    log.error(
+                        "outbox: closing with %d submitted item(s) not committed (the database "
+                        "did not answer within %.0f s); they are lost",
+                        left,
+                        CLOSE_WRITE_S,
+                    )
                 self._store.close()
 
     def _run(self) -> None:
         while not self._stop.is_set():
             self._wakeup.clear()  # before looking: what arrives from now on wakes the next turn
             try:
-                self._take_acks()
                 wait = self._pump()
             except sqlite3.Error:
                 log.exception("outbox: database error while sending; retrying in 1 s")
@@ -441,6 +481,7 @@ class Outbox:
             where = self._store.chunk_location(clip_id, n)
             if where is None:
                 self._store.delete_items([protocol.clip_chunk_item_id(clip_id, n)])
+                self._refresh_depth()
                 return None
         try:  # outside the lock: a chunk read from the SD card must not hold up submits
             with open(where.path, "rb") as f:
@@ -452,50 +493,62 @@ class Outbox:
             )
             with self._lock:
                 self._store.drop_clip(clip_id, "its file is unreadable")
+                self._refresh_depth()
             return None
 
     # -- status --------------------------------------------------------------------------------
 
+    def _refresh_depth(self) -> None:
+        """The store's part of ``depth()``, kept after each commit (under the lock)."""
+        backlog = self._store.backlog()
+        self._depth = {
+            "by_kind": backlog.by_kind,
+            "clips": backlog.clips,
+            "bytes": self._store.bytes,
+            "oldest_created": backlog.oldest_created,
+        }
+
     def depth(self) -> dict[str, Any]:
-        """What waits, for the gateway status message."""
-        with self._lock:
-            backlog = self._store.backlog()
-            by_kind = backlog.by_kind
-            return {
-                "items": sum(by_kind.values()),
-                "events": by_kind.get("event", 0),
-                "snapshots": by_kind.get("snapshot", 0),
-                "audit": by_kind.get("audit", 0),
-                "clips": backlog.clips,
-                "clip_chunks": by_kind.get(KIND_CLIP_CHUNK, 0),
-                "bytes": self._store.bytes,
-                "max_bytes": self.config.max_bytes,
-                "inflight": len(self._window),
-                "oldest_s": (
-                    round(time.time() - backlog.oldest_created, 1)
-                    if backlog.oldest_created
-                    else 0.0
-                ),
-                "dropped_clips": self._store.dropped_clips,
-                "dropped_snapshots": self._store.dropped_snapshots,
-            }
+        """What waits, for the gateway status message: from the figures kept at the last commit
+        and the items waiting for the writer, so it never waits for the disk (it is called on
+        the network thread when the link comes up)."""
+        stored = self._depth
+        waiting, waiting_bytes = self._submits.by_kind()
+        by_kind = Counter(stored["by_kind"]) + waiting
+        oldest = stored["oldest_created"]
+        return {
+            "items": sum(by_kind.values()),
+            "events": by_kind.get("event", 0),
+            "snapshots": by_kind.get("snapshot", 0),
+            "audit": by_kind.get("audit", 0),
+            "clips": stored["clips"],
+            "clip_chunks": by_kind.get(KIND_CLIP_CHUNK, 0),
+            "bytes": stored["bytes"] + waiting_bytes,
+            "max_bytes": self.config.max_bytes,
+            "inflight": len(self._window),
+            "oldest_s": round(time.time() - oldest, 1) if oldest else 0.0,
+            "dropped_clips": self._store.dropped_clips,
+            "dropped_snapshots": self._store.dropped_snapshots + self._submits.refused_snapshots,
+        }
 
     def warnings(self) -> list[str]:
-        return self._store.startup_warnings + policy.capacity_warnings(
-            self._store.bytes,
-            self.config.max_bytes,
-            self._store.dropped_clips,
-            self._store.dropped_snapshots,
+        return (
+            self._store.startup_warnings
+            + self._submits.warnings()
+            + policy.capacity_warnings(
+                self._store.bytes,
+                self.config.max_bytes,
+                self._store.dropped_clips,
+                self._store.dropped_snapshots + self._submits.refused_snapshots,
+            )
         )
 
     def wait_empty(self, timeout: float) -> bool:
         """Block until every item is acknowledged (tests, orderly shutdown)."""
         deadline = time.monotonic() + timeout
-        with self._lock:
-            while True:
-                if self._store.is_empty():
-                    return True
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    return False
-                self._changed.wait(min(left, 0.2))
+        while self.depth()["items"]:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            time.sleep(min(left, 0.05))
+        return True

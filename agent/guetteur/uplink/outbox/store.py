@@ -8,23 +8,28 @@ numbers that order events at the centre: the database ``epoch`` and a sequence n
 (``cseq``). A database unreadable at start is moved aside (``outbox.db.corrupt-TIME``) and a
 fresh one — a new epoch — started.
 
-Not thread-safe by itself: the ``Outbox`` serialises every call with its lock.
+Not thread-safe by itself: the ``Outbox`` serialises every call with its lock, and its writer
+thread makes almost every commit (submits in batches, acks), never a camera's analysis thread or
+the MQTT network thread.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import shutil
 import sqlite3
 import time
 import uuid
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
+from guetteur.record import reserve
 from guetteur.uplink import protocol
 from guetteur.uplink.outbox import policy
 from guetteur.uplink.publish import ClipFile, OutboundItem, Priority
@@ -63,6 +68,11 @@ CREATE TABLE IF NOT EXISTS clips (
 );
 CREATE TABLE IF NOT EXISTS cseq (camera TEXT PRIMARY KEY, last INTEGER NOT NULL);
 """
+
+_T = TypeVar("_T")
+_SQLITE_FULL = 13  # "database or disk is full"
+_SQLITE_IOERR = 10
+FULL_DISK_WAIT_S = 15.0  # the recorder's urgent purge frees space within a second or two
 
 KIND_CLIP_MANIFEST = "clip_manifest"
 KIND_CLIP_CHUNK = "clip_chunk"
@@ -125,7 +135,12 @@ class OutboxStore:
         self.dropped_snapshots = 0
         self._db = self._open()
         self.epoch = self._epoch()
-        self.bytes = self._count_bytes()  # what counts against the cap: items and clip files
+        # Kept as rows come and go (recounted after a rollback), so the status never scans the
+        # queue: what counts against the cap (items and clip files), items by kind, clips.
+        self.bytes = 0
+        self.by_kind: Counter[str] = Counter()
+        self.clips = 0
+        self._recount()
         self._recover_clips()
 
     def close(self) -> None:
@@ -151,10 +166,32 @@ class OutboxStore:
             raise
         return db
 
+    def _disk_full(self, exc: sqlite3.Error) -> bool:
+        """A full disk, not a damaged database: SQLITE_FULL, or an I/O error (SQLite cannot
+        create its WAL index) on a partition with less than 1 MiB free."""
+        code = getattr(exc, "sqlite_errorcode", 0) or 0
+        if code == _SQLITE_FULL:
+            return True
+        return code & 0xFF == _SQLITE_IOERR and shutil.disk_usage(self.dir).free < 1 << 20
+
     def _open(self) -> sqlite3.Connection:
         try:
             return self._connect()
-        except sqlite3.DatabaseError as exc:
+        except sqlite3.DatabaseError as first:
+            exc = first
+            if self._disk_full(exc):
+                # Never move a sound database aside for a full disk: its items are undelivered.
+                reserve.release(self.dir.parent, "the outbox (opening its database)")
+                try:
+                    return self._connect()
+                except sqlite3.DatabaseError as again:
+                    if self._disk_full(again):
+                        raise OSError(
+                            errno.ENOSPC,
+                            f"outbox database {self.db_path} cannot be opened: the data "
+                            "partition is full and no reserve is left; free space on it",
+                        ) from again
+                    exc = again
             stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
             aside = self.db_path.with_name(f"{self.db_path.name}.corrupt-{stamp}")
             for suffix in ("", "-wal", "-shm"):
@@ -177,12 +214,17 @@ class OutboxStore:
         self._db.execute("INSERT INTO meta (key, value) VALUES ('epoch', ?)", (epoch,))
         return epoch
 
-    def _count_bytes(self) -> int:
+    def _recount(self) -> None:
         items = self._db.execute(
             "SELECT COALESCE(SUM(size), 0) FROM items WHERE kind != ?", (KIND_CLIP_CHUNK,)
         ).fetchone()[0]
-        clips = self._db.execute("SELECT COALESCE(SUM(size), 0) FROM clips").fetchone()[0]
-        return int(items) + int(clips)
+        clip_rows = self._db.execute("SELECT COUNT(*), COALESCE(SUM(size), 0) FROM clips")
+        clips, clip_bytes = clip_rows.fetchone()
+        self.bytes = int(items) + int(clip_bytes)
+        self.clips = int(clips)
+        self.by_kind = Counter(
+            dict(self._db.execute("SELECT kind, COUNT(*) FROM items GROUP BY kind").fetchall())
+        )
 
     def _recover_clips(self) -> None:
         """Finish a clip move cut short by a crash; forget clips whose file is gone; delete
@@ -217,10 +259,48 @@ class OutboxStore:
         self._db.execute("BEGIN IMMEDIATE")
         try:
             yield
+            self._db.execute("COMMIT")
         except BaseException:
-            self._db.execute("ROLLBACK")
+            self._rollback()
+            self._recount()  # the counts followed changes that were not kept
             raise
-        self._db.execute("COMMIT")
+
+    def _rollback(self) -> None:
+        # On a full disk SQLite may have rolled back already: a second ROLLBACK would hide the
+        # real error behind "no transaction is active".
+        if self._db.in_transaction:
+            self._db.execute("ROLLBACK")
+
+    def _retry_when_full(self, what: str, write: Callable[[], _T]) -> _T:
+        """Run ``write``; if the disk is full, release the data partition's reserve file
+        (``record/reserve.py``) and run it again; if something else took that space first (a
+        camera's recording), retry while the recorder's retention frees more, for at most
+        ``FULL_DISK_WAIT_S``: an event is not lost to a full disk, and nothing waits forever."""
+        deadline = time.monotonic() + FULL_DISK_WAIT_S
+        delay = 0.05
+        released = False
+        while True:
+            try:
+                return write()
+            except sqlite3.Error as exc:
+                if getattr(exc, "sqlite_errorcode", None) != _SQLITE_FULL:
+                    raise
+                self._recount()  # the failed attempt may have counted its rows
+                if not released:
+                    released = True
+                    if reserve.release(self.dir.parent, f"the outbox ({what})"):
+                        continue
+                if time.monotonic() + delay > deadline:
+                    log.error(
+                        "outbox: disk full for %.0f s; %s not stored: %s",
+                        FULL_DISK_WAIT_S,
+                        what,
+                        exc,
+                    )
+                    raise
+                log.warning("outbox: disk full; %s waits for retention to free space", what)
+                time.sleep(delay)
+                delay = min(delay * 2, 1.0)
 
     # -- queries -------------------------------------------------------------------------------
 
@@ -266,18 +346,19 @@ class OutboxStore:
         return ChunkLocation(path, n * chunk_size, min(chunk_size, size - n * chunk_size))
 
     def backlog(self) -> Backlog:
-        by_kind = dict(
-            self._db.execute("SELECT kind, COUNT(*) FROM items GROUP BY kind").fetchall()
-        )
-        clips = self._db.execute("SELECT COUNT(*) FROM clips").fetchone()[0]
-        oldest = self._db.execute("SELECT MIN(created) FROM items").fetchone()[0]
-        return Backlog(by_kind, int(clips), oldest)
+        # the first row is the oldest (rows are created in seq order): no scan of the queue
+        oldest = self._db.execute("SELECT created FROM items ORDER BY seq LIMIT 1").fetchone()
+        by_kind = {kind: n for kind, n in self.by_kind.items() if n > 0}
+        return Backlog(by_kind, self.clips, oldest[0] if oldest else None)
 
     # -- enqueueing ----------------------------------------------------------------------------
 
     def enqueue(self, item: OutboundItem) -> bool:
         """Store ``item`` durably (committed when this returns). False when it is not queued:
         already there (enqueue is idempotent by id), or a snapshot the size cap refuses."""
+        return self._retry_when_full(f"{item.kind} {item.item_id}", lambda: self._enqueue(item))
+
+    def _enqueue(self, item: OutboundItem) -> bool:
         if self.has_item(item.item_id):
             return False
         size = len(item.payload)
@@ -302,6 +383,17 @@ class OutboxStore:
         self.bytes += size
         return True
 
+    def enqueue_many(self, items: list[OutboundItem]) -> int:
+        """Store ``items`` in one transaction — one fsync for the lot — and in their order;
+        returns how many were queued (``enqueue`` for each). When the commit fails nothing is
+        stored and the counts are as before, so the caller can try the same items again."""
+
+        def write() -> int:
+            with self.tx():
+                return sum(1 for item in items if self._enqueue(item))
+
+        return self._retry_when_full(f"{len(items)} items", write)
+
     def add_clip(
         self,
         clip: ClipFile,
@@ -323,6 +415,7 @@ class OutboxStore:
                 "created) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 (clip.clip_id, str(target), str(source), clip.camera, size, chunk_size, count, now),
             )
+            self.clips += 1
             base_props = {"clip_id": clip.clip_id}
             if clip.event_id:
                 base_props["event_id"] = clip.event_id
@@ -374,6 +467,7 @@ class OutboxStore:
             f"INSERT INTO items ({', '.join(row)}) VALUES ({', '.join('?' * len(row))})",
             tuple(row.values()),
         )
+        self.by_kind[item.kind] += 1
 
     def _next_cseq(self, camera: str) -> int:
         row = self._db.execute(
@@ -440,8 +534,12 @@ class OutboxStore:
     def remove_acked(self, ids: Iterable[str]) -> int:
         """Delete acknowledged items; an acknowledged manifest means the centre has the whole
         clip, verified: the clip and its file go too. Returns how many of ``ids`` were queued."""
+        wanted = set(ids)
+        return self._retry_when_full("acknowledgement", lambda: self._remove_acked(wanted))
+
+    def _remove_acked(self, ids: set[str]) -> int:
         with self.tx():
-            found = self.delete_items(set(ids))
+            found = self.delete_items(ids)
             for _item_id, kind, clip_id in found:
                 if kind == KIND_CLIP_MANIFEST and clip_id:
                     self._finish_clip(clip_id)
@@ -457,6 +555,7 @@ class OutboxStore:
         self.delete_items(rest)
         if row:
             self._db.execute("DELETE FROM clips WHERE clip_id=?", (clip_id,))
+            self.clips -= 1
             self.bytes -= int(row[1])
             Path(row[0]).unlink(missing_ok=True)
             log.info("outbox: clip %s uploaded and verified by the centre", clip_id)
@@ -474,6 +573,7 @@ class OutboxStore:
             self.delete_items(ids)
             if row:
                 self._db.execute("DELETE FROM clips WHERE clip_id=?", (clip_id,))
+                self.clips -= 1
                 self.bytes -= int(row[1])
                 Path(row[0]).unlink(missing_ok=True)
                 self.dropped_clips += 1
@@ -495,6 +595,7 @@ class OutboxStore:
                     self._db.execute(f"DELETE FROM items WHERE item_id IN ({marks})", part)
                 for item_id, kind, size, clip_id in rows:
                     found.append((item_id, kind, clip_id))
+                    self.by_kind[kind] -= 1
                     if kind != KIND_CLIP_CHUNK:
                         self.bytes -= int(size)
                     self._on_removed(item_id)
