@@ -172,3 +172,23 @@ def test_image_build_payload_lint_stage_verify(tmp_path: Path) -> None:
     assert (rootfs / "usr/lib/udev/rules.d/90-guetteur-ptz.rules").is_file()
     assert os.readlink(rootfs / "opt/guetteur/current") == "/usr/lib/guetteur/factory"
     assert os.access(rootfs / "usr/lib/guetteur/factory/bin/guetteur", os.X_OK)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="systemd-tmpfiles --root must chown: run as root")
+def test_tmpfiles_creates_the_update_inbox_under_the_agents_directory(tmp_path: Path) -> None:
+    """systemd-tmpfiles refuses to create a root-owned directory under an agent-owned one (an
+    "unsafe path transition"): the image then had no update inbox at all."""
+    (tmp_path / "etc").mkdir()
+    (tmp_path / "etc/passwd").write_text(
+        "root:x:0:0::/root:/bin/sh\nguetteur:x:996:996::/var/lib/guetteur:/usr/sbin/nologin\n"
+    )
+    (tmp_path / "etc/group").write_text("root:x:0:\nguetteur:x:996:\nsystemd-journal:x:990:\n")
+    conf = tmp_path / "usr/lib/tmpfiles.d"
+    conf.mkdir(parents=True)
+    shutil.copy(REPO / "systemd/tmpfiles.d/guetteur.conf", conf)
+    proc = subprocess.run(
+        ["systemd-tmpfiles", "--create", f"--root={tmp_path}"], capture_output=True, text=True
+    )
+    assert "unsafe path transition" not in proc.stderr, proc.stderr
+    inbox = tmp_path / "var/lib/guetteur/updates/inbox"
+    assert inbox.is_dir() and inbox.stat().st_uid == 996 and inbox.stat().st_mode & 0o777 == 0o770
