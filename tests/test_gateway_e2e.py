@@ -306,6 +306,13 @@ def test_live_sub_stream_is_the_cameras_sub_stream(
     gateway.start()
     try:
         assert gateway.link.wait_subscribed(10)
+        # A sub-stream not flowing yet is answered with the main stream (a fallback by design):
+        # ask once the sub-stream's first keyframe is in, as an operator would on a live camera.
+        wait_for(
+            lambda: gateway.live.sub_hubs["dome"].state().has_keyframe,
+            15,
+            "the sub-stream's first keyframe",
+        )
         signer = centre_key.signer()
         with CentreClient(broker.url, "centre-sub", signer=signer, operator="op1") as centre:
             reply = wait_for(
