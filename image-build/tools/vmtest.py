@@ -714,7 +714,7 @@ def run_updates(
     tl.step(f"boot 5: 0.3.0 never healthy, rolled back: online at {again.get('version')}")
     vm.powerdown()
     done = card.debugfs("ls /guetteur/updates/done")
-    if f"{good.name}.installed.json" not in done or f"{bad.name}.rolled_back.json" not in done:
+    if f"{good.stem}.installed.json" not in done or f"{bad.stem}.rolled_back.json" not in done:
         raise Failed(f"update results on the data partition: {done[-600:]}")
     if card.root_sha() != root_sha:
         raise Failed("the root partition changed during the updates")
