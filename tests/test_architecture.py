@@ -34,7 +34,9 @@ def test_module_map_matches_the_tree() -> None:
     )
 
 
-def test_readme_links_the_architecture_not_shared() -> None:
+def test_readme_links_the_architecture_and_nothing_outside_the_repository() -> None:
+    """A user's clone has nothing beside it: no link may leave the repository."""
     readme = (ROOT / "README.md").read_text()
     assert "docs/architecture.md" in readme
-    assert "../shared" not in readme
+    outside = re.findall(r"\]\((\.\./[^)]*)\)", readme)
+    assert not outside, f"README links outside the repository: {outside}"
